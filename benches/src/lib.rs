@@ -1,0 +1,59 @@
+//! Shared helpers for the phenix benchmarks: seeded data and in-memory stores.
+
+use phenix_core::store::{Layout, VectorStore};
+use phenix_core::{ElemType, Metric};
+
+/// splitmix64 uniform values in [-1, 1).
+pub fn random_vec(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// An in-memory store of `rows` random rows (appended in chunks to bound peak memory).
+pub fn random_store(rows: usize, dim: usize, elem: ElemType, metric: Metric) -> VectorStore {
+    let mut s = VectorStore::in_memory(Layout::new(dim, elem, metric).expect("valid layout"));
+    let chunk = 65_536;
+    let mut done = 0;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        let v = random_vec(done as u64 + 1, n * dim);
+        s.append(&v).expect("append");
+        done += n;
+    }
+    s.set_committed(rows as u64).expect("commit");
+    s
+}
+
+/// Sequential read-and-sum over `bytes` on `threads` threads: the memory-bandwidth baseline.
+/// Sums 64-bit words with eight independent accumulators (the compiler vectorises it).
+pub fn read_and_sum(bytes: &[u8], threads: usize) -> u64 {
+    fn sum(b: &[u8]) -> u64 {
+        let mut acc = [0u64; 8];
+        let chunks = b.chunks_exact(64);
+        for c in chunks {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let w = u64::from_le_bytes(c[j * 8..j * 8 + 8].try_into().expect("8 bytes"));
+                *a = a.wrapping_add(w);
+            }
+        }
+        acc.iter().fold(0u64, |x, y| x.wrapping_add(*y))
+    }
+    if threads <= 1 {
+        return sum(bytes);
+    }
+    let part = bytes.len().div_ceil(threads).div_ceil(64) * 64;
+    std::thread::scope(|s| {
+        let hs: Vec<_> = bytes.chunks(part).map(|c| s.spawn(move || sum(c))).collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("sum thread"))
+            .fold(0u64, |x, y| x.wrapping_add(y))
+    })
+}

@@ -1,0 +1,251 @@
+//! Top-k for many queries at once, through blocked GEMM.
+//!
+//! Rows are taken in tiles of [`TILE_ROWS`]; each tile is widened to `f32` (F16C/AVX-512 conversion via
+//! `half`), multiplied against all queries with faer's GEMM (`tile × dim` · `dim × queries`), and every
+//! query's column of scores is turned into distances and offered to that query's [`TopK`]. Tiles are
+//! split over threads; per-thread collectors are merged at the end.
+//!
+//! The rows returned are those of [`crate::topk::search`] for each query. Distances come from GEMM and
+//! so differ from the one-query kernels by float rounding; the final hits are re-scored with the
+//! one-query kernels, so the reported distances are exactly the one-query path's, and only rows whose
+//! GEMM distances tie within rounding (~1e-6) at the k-th place can differ.
+
+use crate::bitmap::Bitmap;
+use crate::error::{Error, Result};
+use crate::kernels::{cosine_from_parts, Kernels, Row};
+use crate::store::RowsView;
+use crate::topk::{Candidates, Hit, TopK};
+use crate::types::Metric;
+use faer::{Accum, MatMut, MatRef, Par};
+use half::slice::HalfFloatSliceExt;
+
+/// Rows per GEMM tile (1024 × 256 dims × 4 bytes = 1 MiB, which stays in L2).
+pub const TILE_ROWS: usize = 1024;
+
+/// A batched search request.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchParams<'a> {
+    /// Rows per query (>= 1).
+    pub k: usize,
+    /// The metric; `None` uses the view's.
+    pub metric: Option<Metric>,
+    /// Which slots qualify.
+    pub candidates: Candidates<'a>,
+    /// Slots never returned.
+    pub deleted: Option<&'a Bitmap>,
+    /// Only rows with `distance < max_distance` qualify.
+    pub max_distance: Option<f32>,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+impl BatchParams<'_> {
+    /// `k` nearest for every query, over every row, one thread.
+    pub fn new(k: usize) -> Self {
+        BatchParams {
+            k,
+            metric: None,
+            candidates: Candidates::All,
+            deleted: None,
+            max_distance: None,
+            threads: 1,
+        }
+    }
+}
+
+/// For each of the `queries.len() / dim` queries (row-major), its `k` nearest rows.
+pub fn search_batch(
+    view: &RowsView<'_>,
+    queries: &[f32],
+    p: &BatchParams<'_>,
+) -> Result<Vec<Vec<Hit>>> {
+    let layout = view.layout();
+    let dim = layout.dim();
+    if !queries.len().is_multiple_of(dim) {
+        return Err(Error::DimMismatch {
+            expected: dim,
+            found: queries.len() % dim,
+        });
+    }
+    if p.k == 0 {
+        return Err(Error::InvalidArgument("k must be at least 1".into()));
+    }
+    if let Some(i) = queries.iter().position(|x| !x.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "query {} element {} is {} (queries must be finite)",
+            i / dim,
+            i % dim,
+            queries[i]
+        )));
+    }
+    let nq = queries.len() / dim;
+    let metric = p.metric.unwrap_or(layout.metric());
+    let kernels = Kernels::best();
+    if nq == 0 {
+        return Ok(Vec::new());
+    }
+    let qnorm: Vec<f32> = queries
+        .chunks_exact(dim)
+        .map(|q| kernels.norm_squared(q).sqrt())
+        .collect();
+
+    let rows = view.rows();
+    let slot_bitmap;
+    let allow: Option<&Bitmap> = match p.candidates {
+        Candidates::All => None,
+        Candidates::Bitmap(b) => Some(b),
+        Candidates::Slots(s) => {
+            slot_bitmap = Bitmap::from_slots(rows, s.iter().copied());
+            Some(&slot_bitmap)
+        }
+    };
+    let ntiles = rows.div_ceil(TILE_ROWS);
+    let threads = p.threads.max(1).min(ntiles.max(1));
+    let ctx = Ctx {
+        view,
+        queries,
+        qnorm: &qnorm,
+        metric,
+        allow,
+        deleted: p.deleted,
+        max_distance: p.max_distance,
+        k: p.k,
+        nq,
+        dim,
+    };
+    let mut tops = if threads == 1 {
+        ctx.scan_tiles(0, ntiles)
+    } else {
+        std::thread::scope(|sc| {
+            let ctx = &ctx;
+            let handles: Vec<_> = (1..threads)
+                .map(|t| {
+                    let (a, b) = part(ntiles, threads, t);
+                    sc.spawn(move || ctx.scan_tiles(a, b))
+                })
+                .collect();
+            let (a, b) = part(ntiles, threads, 0);
+            let mut first = ctx.scan_tiles(a, b);
+            for h in handles {
+                let other = h.join().expect("batch thread panicked");
+                for (mine, theirs) in first.iter_mut().zip(other) {
+                    mine.merge(theirs);
+                }
+            }
+            first
+        })
+    };
+
+    // Re-score the winners with the one-query kernels so distances match `topk::search` exactly.
+    Ok(tops
+        .drain(..)
+        .enumerate()
+        .map(|(qi, top)| {
+            let q = &queries[qi * dim..(qi + 1) * dim];
+            let mut hits: Vec<Hit> = top
+                .into_sorted()
+                .into_iter()
+                .map(|h| Hit {
+                    slot: h.slot,
+                    distance: kernels.distance(metric, q, qnorm[qi], view.row(h.slot as usize)),
+                })
+                .filter(|h| p.max_distance.is_none_or(|t| h.distance < t))
+                .collect();
+            hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.slot.cmp(&b.slot)));
+            hits
+        })
+        .collect())
+}
+
+fn part(n: usize, parts: usize, i: usize) -> (usize, usize) {
+    let base = n / parts;
+    let extra = n % parts;
+    let start = i * base + i.min(extra);
+    (start, start + base + usize::from(i < extra))
+}
+
+struct Ctx<'a, 'v> {
+    view: &'a RowsView<'v>,
+    queries: &'a [f32],
+    qnorm: &'a [f32],
+    metric: Metric,
+    allow: Option<&'a Bitmap>,
+    deleted: Option<&'a Bitmap>,
+    max_distance: Option<f32>,
+    k: usize,
+    nq: usize,
+    dim: usize,
+}
+
+impl Ctx<'_, '_> {
+    fn scan_tiles(&self, first: usize, end: usize) -> Vec<TopK> {
+        let (dim, nq) = (self.dim, self.nq);
+        let rows = self.view.rows();
+        let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(self.k, rows)).collect();
+        let mut xt = vec![0f32; TILE_ROWS * dim];
+        let mut xn = vec![0f32; TILE_ROWS];
+        let mut scores = vec![0f32; TILE_ROWS * nq];
+        let mut dist = vec![0f32; TILE_ROWS];
+        let mut ok = vec![true; TILE_ROWS];
+        let qt = MatRef::from_row_major_slice(self.queries, nq, dim).transpose();
+        let kernels = Kernels::best();
+        for tile in first..end {
+            let r0 = tile * TILE_ROWS;
+            let t = TILE_ROWS.min(rows - r0);
+            // Which rows of the tile may be returned.
+            let mut any = false;
+            for (j, o) in ok[..t].iter_mut().enumerate() {
+                let s = r0 + j;
+                *o = self.allow.is_none_or(|a| a.contains(s))
+                    && !self.deleted.is_some_and(|d| d.contains(s));
+                any |= *o;
+            }
+            if !any {
+                continue;
+            }
+            for j in 0..t {
+                let dst = &mut xt[j * dim..(j + 1) * dim];
+                match self.view.row(r0 + j) {
+                    Row::F16(x) => x.convert_to_f32_slice(dst),
+                    Row::F32(x) => dst.copy_from_slice(x),
+                }
+                xn[j] = match self.metric {
+                    Metric::Dot => 0.0,
+                    _ => kernels.norm_squared(dst),
+                };
+            }
+            let x = MatRef::from_row_major_slice(&xt[..t * dim], t, dim);
+            let out = MatMut::from_column_major_slice_mut(&mut scores[..t * nq], t, nq);
+            faer::linalg::matmul::matmul(out, Accum::Replace, x, qt, 1.0f32, Par::Seq);
+            for (qi, top) in tops.iter_mut().enumerate() {
+                let col = &scores[qi * t..(qi + 1) * t];
+                let qn = self.qnorm[qi];
+                match self.metric {
+                    Metric::Dot => {
+                        for (d, s) in dist[..t].iter_mut().zip(col) {
+                            *d = -*s;
+                        }
+                    }
+                    Metric::L2 => {
+                        let qq = qn * qn;
+                        for ((d, s), xx) in dist[..t].iter_mut().zip(col).zip(&xn[..t]) {
+                            *d = (qq + xx - 2.0 * s).max(0.0).sqrt();
+                        }
+                    }
+                    Metric::Cosine => {
+                        for ((d, s), xx) in dist[..t].iter_mut().zip(col).zip(&xn[..t]) {
+                            *d = cosine_from_parts(*s, qn, xx.sqrt());
+                        }
+                    }
+                }
+                for j in 0..t {
+                    let d = dist[j];
+                    if ok[j] && self.max_distance.is_none_or(|m| d < m + 1e-5) {
+                        top.push(d, (r0 + j) as u64);
+                    }
+                }
+            }
+        }
+        tops
+    }
+}
