@@ -19,7 +19,8 @@ fn quick() -> bool {
 fn kernels(c: &mut Criterion) {
     let k = Kernels::best();
     let mut g = c.benchmark_group(format!("kernel_cosine_{}", k.isa().name()));
-    g.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
     for elem in [ElemType::F16, ElemType::F32] {
         for dim in [128usize, 256, 384, 768, 1536] {
             let rows = 4096;
@@ -44,7 +45,11 @@ fn kernels(c: &mut Criterion) {
 
 /// Exact top-10 over N × 256 f16 rows vs a plain read of the same bytes, 1 and 2 threads.
 fn exact_topk(c: &mut Criterion) {
-    let sizes: &[usize] = if quick() { &[100_000] } else { &[100_000, 1_000_000] };
+    let sizes: &[usize] = if quick() {
+        &[100_000]
+    } else {
+        &[100_000, 1_000_000]
+    };
     for &rows in sizes {
         let dim = 256;
         let mut store = random_store(rows, dim, ElemType::F16, Metric::Cosine);
@@ -83,11 +88,14 @@ fn batched(c: &mut Criterion) {
     g.throughput(Throughput::Elements(flops as u64));
     let xt: Vec<f32> = random_vec(3, TILE_ROWS * dim);
     for threads in [1usize, 2] {
-        g.bench_function(BenchmarkId::new("phenix_search_batch_top10", threads), |b| {
-            let mut p = BatchParams::new(10);
-            p.threads = threads;
-            b.iter(|| black_box(search_batch(&view, &queries, &p).expect("batch")))
-        });
+        g.bench_function(
+            BenchmarkId::new("phenix_search_batch_top10", threads),
+            |b| {
+                let mut p = BatchParams::new(10);
+                p.threads = threads;
+                b.iter(|| black_box(search_batch(&view, &queries, &p).expect("batch")))
+            },
+        );
         g.bench_function(BenchmarkId::new("faer_gemm_only", threads), |b| {
             let qt = MatRef::from_row_major_slice(&queries, nq, dim).transpose();
             let tiles = rows / TILE_ROWS;
@@ -99,8 +107,16 @@ fn batched(c: &mut Criterion) {
                             let mut out = vec![0f32; TILE_ROWS * nq];
                             for _ in (t..tiles).step_by(threads) {
                                 let x = MatRef::from_row_major_slice(xt, TILE_ROWS, dim);
-                                let o = MatMut::from_column_major_slice_mut(&mut out, TILE_ROWS, nq);
-                                faer::linalg::matmul::matmul(o, Accum::Replace, x, qt, 1.0f32, Par::Seq);
+                                let o =
+                                    MatMut::from_column_major_slice_mut(&mut out, TILE_ROWS, nq);
+                                faer::linalg::matmul::matmul(
+                                    o,
+                                    Accum::Replace,
+                                    x,
+                                    qt,
+                                    1.0f32,
+                                    Par::Seq,
+                                );
                             }
                             black_box(out[0])
                         });

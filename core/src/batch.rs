@@ -12,7 +12,7 @@
 
 use crate::bitmap::Bitmap;
 use crate::error::{Error, Result};
-use crate::kernels::{cosine_from_parts, Kernels, Row};
+use crate::kernels::{Kernels, Row};
 use crate::store::RowsView;
 use crate::topk::{Candidates, Hit, TopK};
 use crate::types::Metric;
@@ -189,6 +189,13 @@ impl Ctx<'_, '_> {
         let mut ok = vec![true; TILE_ROWS];
         let qt = MatRef::from_row_major_slice(self.queries, nq, dim).transpose();
         let kernels = Kernels::best();
+        // The distance bound in selection-key space (squared for L2), with slack for GEMM rounding;
+        // the exact bound is applied after re-scoring.
+        let key_bound = match (self.max_distance, self.metric) {
+            (None, _) => f32::INFINITY,
+            (Some(m), Metric::L2) => m.max(0.0) * m.max(0.0) * (1.0 + 1e-4) + 1e-5,
+            (Some(m), _) => m + 1e-4 * m.abs().max(1.0),
+        };
         for tile in first..end {
             let r0 = tile * TILE_ROWS;
             let t = TILE_ROWS.min(rows - r0);
@@ -209,16 +216,29 @@ impl Ctx<'_, '_> {
                     Row::F16(x) => x.convert_to_f32_slice(dst),
                     Row::F32(x) => dst.copy_from_slice(x),
                 }
+                // Cosine keeps 1/|x| (0 for a zero row, which then scores cos = 0, distance 1, as the
+                // one-query kernels define it); L2 keeps |x|².
                 xn[j] = match self.metric {
                     Metric::Dot => 0.0,
-                    _ => kernels.norm_squared(dst),
+                    Metric::L2 => kernels.norm_squared(dst),
+                    Metric::Cosine => {
+                        let n = kernels.norm_squared(dst).sqrt();
+                        if n > 0.0 {
+                            1.0 / n
+                        } else {
+                            0.0
+                        }
+                    }
                 };
             }
             let x = MatRef::from_row_major_slice(&xt[..t * dim], t, dim);
             let out = MatMut::from_column_major_slice_mut(&mut scores[..t * nq], t, nq);
             faer::linalg::matmul::matmul(out, Accum::Replace, x, qt, 1.0f32, Par::Seq);
+            let all_ok = ok[..t].iter().all(|&o| o);
             for (qi, top) in tops.iter_mut().enumerate() {
                 let col = &scores[qi * t..(qi + 1) * t];
+                // Selection keys, monotonic in the distance: cosine distance, squared L2, -dot. Written
+                // as plain element-wise loops so they vectorise; final distances are re-scored later.
                 let qn = self.qnorm[qi];
                 match self.metric {
                     Metric::Dot => {
@@ -229,18 +249,20 @@ impl Ctx<'_, '_> {
                     Metric::L2 => {
                         let qq = qn * qn;
                         for ((d, s), xx) in dist[..t].iter_mut().zip(col).zip(&xn[..t]) {
-                            *d = (qq + xx - 2.0 * s).max(0.0).sqrt();
+                            *d = qq + xx - 2.0 * s;
                         }
                     }
                     Metric::Cosine => {
-                        for ((d, s), xx) in dist[..t].iter_mut().zip(col).zip(&xn[..t]) {
-                            *d = cosine_from_parts(*s, qn, xx.sqrt());
+                        let iq = if qn > 0.0 { 1.0 / qn } else { 0.0 };
+                        for ((d, s), ix) in dist[..t].iter_mut().zip(col).zip(&xn[..t]) {
+                            *d = 1.0 - s * ix * iq;
                         }
                     }
                 }
+                let bound = key_bound;
                 for j in 0..t {
                     let d = dist[j];
-                    if ok[j] && self.max_distance.is_none_or(|m| d < m + 1e-5) {
+                    if d <= top.worst() && d < bound && (all_ok || ok[j]) {
                         top.push(d, (r0 + j) as u64);
                     }
                 }

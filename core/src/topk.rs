@@ -118,6 +118,12 @@ impl TopK {
         }
     }
 
+    /// The distance a row must not exceed to enter (infinity until `k` rows are held).
+    #[inline]
+    pub fn worst(&self) -> f32 {
+        self.worst
+    }
+
     /// Offers a row. NaN distances are ignored.
     #[inline]
     pub fn push(&mut self, distance: f32, slot: u64) {
