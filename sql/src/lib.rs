@@ -1,0 +1,53 @@
+//! # phenix-sql
+//!
+//! The SQLite surface of phenix: the vector SQL functions ([`functions`]), the parsing of vector
+//! arguments ([`vector`]), the `phenix` virtual table ([`table`]), and the one [`register`] function that
+//! installs all of it on a connection. It owns no storage or search code (that is `phenix-core`) and no
+//! model code (`phenix-models`).
+//!
+//! The same [`register`] serves two builds, chosen by exactly one cargo feature:
+//! - `bundled` (default): in-process use with rusqlite's bundled SQLite (applications, tests).
+//! - `loadable`: the loadable extension `libphenix.so` (crate `phenix-extension`), which reaches SQLite
+//!   only through the API table the host passes to `sqlite3_phenix_init`. Build it alone with
+//!   `cargo build --release -p phenix-extension`; see `docs/sql.md`, "Loading".
+//!
+//! Invariants: no panic crosses into SQLite (every callback runs inside `catch_unwind`); every error
+//! reaches SQLite as `SQLITE_ERROR` with a message that starts with `phenix: ` ([`error::sql_error`]).
+//!
+//! ```
+//! # #[cfg(feature = "bundled")] {
+//! let conn = rusqlite::Connection::open_in_memory().unwrap();
+//! phenix_sql::register(&conn).unwrap();
+//! let d: f64 = conn
+//!     .query_row("SELECT phenix_distance_l2('[0, 0]', '[3, 4]')", [], |r| r.get(0))
+//!     .unwrap();
+//! assert_eq!(d, 5.0);
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+#[cfg(all(feature = "bundled", feature = "loadable"))]
+compile_error!(
+    "phenix-sql: features `bundled` and `loadable` exclude each other; build the extension alone with \
+     `cargo build --release -p phenix-extension`"
+);
+
+pub mod error;
+pub mod functions;
+pub mod loading;
+pub mod table;
+pub mod vector;
+
+pub use error::{catch_panic, sql_error, sqlite_owned_cstring};
+pub use functions::{create_path_function, path_arg};
+pub use vector::{decode_vector, parse_vector, Decoded, Encoding, VectorError};
+
+/// Installs every phenix function (and the `phenix` virtual table) on `conn`.
+///
+/// Called by applications on their own connections, and by `sqlite3_phenix_init` when a host loads
+/// `libphenix.so`.
+pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    functions::register(conn)?;
+    table::register(conn)?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The host check the loadable extension runs before anything touches SQLite.
+//!
+//! `sqlite3_phenix_init` (crate `phenix-extension`) reads the host's version from the API-routines table
+//! and calls [`check_host_version`] before rusqlite initialises its function pointers: rusqlite's own
+//! check would report a failure through `sqlite3_malloc64` before that pointer is set up, which aborts
+//! the host. The message is then written with the table's `malloc` (present in every SQLite version).
+
+/// The oldest SQLite that phenix supports, as `sqlite3_libversion_number()`: 3.40.0.
+///
+/// Verified hosts: Debian 12's `sqlite3` CLI and Python `sqlite3` module (3.40.1), apsw (3.54.1),
+/// rusqlite 0.40.0's bundled SQLite (3.53.2, in-process). rusqlite 0.40.0's loadable bindings were
+/// generated from 3.34.1 headers, so older hosts might work, but none was tested.
+pub const MIN_SQLITE_VERSION_NUMBER: i32 = 3_040_000;
+
+/// `3040001` → `3.40.1`.
+pub fn version_string(number: i32) -> String {
+    format!(
+        "{}.{}.{}",
+        number / 1_000_000,
+        number / 1000 % 1000,
+        number % 1000
+    )
+}
+
+/// `Ok` if a host reporting `sqlite3_libversion_number() == host` can load phenix; otherwise the
+/// message to give it: `phenix needs SQLite >= 3.40.0, host is 3.39.4`.
+pub fn check_host_version(host: i32) -> Result<(), String> {
+    if host >= MIN_SQLITE_VERSION_NUMBER {
+        Ok(())
+    } else {
+        Err(format!(
+            "phenix needs SQLite >= {}, host is {}",
+            version_string(MIN_SQLITE_VERSION_NUMBER),
+            version_string(host)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(version_string(3_040_001), "3.40.1");
+        assert_eq!(version_string(3_054_001), "3.54.1");
+        assert!(check_host_version(3_040_000).is_ok());
+        assert!(check_host_version(3_040_001).is_ok());
+        assert!(check_host_version(3_054_001).is_ok());
+        assert_eq!(
+            check_host_version(3_039_004).unwrap_err(),
+            "phenix needs SQLite >= 3.40.0, host is 3.39.4"
+        );
+        assert_eq!(
+            check_host_version(3_034_001).unwrap_err(),
+            "phenix needs SQLite >= 3.40.0, host is 3.34.1"
+        );
+    }
+}

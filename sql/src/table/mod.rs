@@ -1,0 +1,150 @@
+//! The `phenix` virtual table and the retrieval functions built on it.
+//!
+//! - [`vtab`]: `CREATE VIRTUAL TABLE t USING phenix(...)`, INSERT/UPDATE/DELETE, KNN with `MATCH` + `k`.
+//! - [`retrieve`]: `phenix_retrieve` (table-valued and scalar) and `phenix_retrieve_all`.
+//! - [`state`]: shadow tables, sidecar file and the commit protocol of docs/design.md.
+//! - [`schema`]: parsing the column definitions.
+
+pub mod retrieve;
+pub mod schema;
+pub mod state;
+pub mod vtab;
+
+use rusqlite::ffi;
+use rusqlite::vtab::Module;
+use std::ffi::{c_char, c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use vtab::PhenixTab;
+
+/// Sets a vtab's error message (allocated with `sqlite3_malloc`, as SQLite requires).
+///
+/// # Safety
+/// `vt` must be a live `sqlite3_vtab` handed to us by SQLite.
+unsafe fn set_err(vt: *mut ffi::sqlite3_vtab, msg: &str) {
+    let c = std::ffi::CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: `vt` is live (caller); the previous message, if any, was allocated by SQLite's allocator;
+    // the copy writes `bytes.len()` bytes into a fresh allocation of that size.
+    unsafe {
+        if !(*vt).zErrMsg.is_null() {
+            ffi::sqlite3_free((*vt).zErrMsg.cast());
+        }
+        let bytes = c.as_bytes_with_nul();
+        let p = ffi::sqlite3_malloc(bytes.len() as c_int) as *mut u8;
+        if !p.is_null() {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+        }
+        (*vt).zErrMsg = p as *mut c_char;
+    }
+}
+
+/// Runs `f` on the `PhenixTab` behind `vt`, catching panics.
+///
+/// # Safety
+/// `vt` must point at a `PhenixTab` created by this module.
+unsafe fn with_tab(
+    vt: *mut ffi::sqlite3_vtab,
+    what: &str,
+    f: impl FnOnce(&mut PhenixTab) -> rusqlite::Result<()>,
+) -> c_int {
+    // SAFETY: every sqlite3_vtab of the `phenix` module is the first field of a `#[repr(C)] PhenixTab`.
+    let tab = unsafe { &mut *(vt as *mut PhenixTab) };
+    let r = catch_unwind(AssertUnwindSafe(|| f(tab)));
+    let msg = match r {
+        Ok(Ok(())) => return ffi::SQLITE_OK,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("phenix: internal error (panic) in {what}"),
+    };
+    // SAFETY: `vt` is live.
+    unsafe { set_err(vt, &msg) };
+    ffi::SQLITE_ERROR
+}
+
+unsafe extern "C" fn x_savepoint(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
+    // SAFETY: called by SQLite on a table of this module.
+    unsafe {
+        with_tab(vt, "xSavepoint", |t| {
+            vtab::lock_state(&t.state).savepoint(i);
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn x_release(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
+    // SAFETY: called by SQLite on a table of this module.
+    unsafe {
+        with_tab(vt, "xRelease", |t| {
+            vtab::lock_state(&t.state).release(i);
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn x_rollback_to(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
+    // SAFETY: called by SQLite on a table of this module.
+    unsafe {
+        with_tab(vt, "xRollbackTo", |t| {
+            vtab::lock_state(&t.state).rollback_to(i)
+        })
+    }
+}
+
+unsafe extern "C" fn x_rename(vt: *mut ffi::sqlite3_vtab, new: *const c_char) -> c_int {
+    // SAFETY: SQLite passes a NUL-terminated UTF-8 name.
+    let name = unsafe { CStr::from_ptr(new) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: called by SQLite on a table of this module.
+    unsafe { with_tab(vt, "xRename", |t| t.rename(&name)) }
+}
+
+unsafe extern "C" fn x_shadow_name(name: *const c_char) -> c_int {
+    // SAFETY: SQLite passes a NUL-terminated suffix.
+    let n = unsafe { CStr::from_ptr(name) }.to_bytes();
+    c_int::from(n == b"info" || n == b"rows")
+}
+
+/// The `phenix` module: rusqlite's transactional module plus savepoints, rename and shadow-table names
+/// (module version 3).
+static MODULE: ffi::sqlite3_module = {
+    let m: Module<'static, PhenixTab> = Module::update_module_with_tx();
+    // SAFETY: `Module` is `#[repr(transparent)]` over `ffi::sqlite3_module`.
+    let mut base: ffi::sqlite3_module = unsafe { std::mem::transmute(m) };
+    base.iVersion = 3;
+    base.xRename = Some(x_rename);
+    base.xSavepoint = Some(x_savepoint);
+    base.xRelease = Some(x_release);
+    base.xRollbackTo = Some(x_rollback_to);
+    base.xShadowName = Some(x_shadow_name);
+    base
+};
+
+/// Registers the `phenix` module and the retrieval functions.
+pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    // SAFETY: `Module` is `#[repr(transparent)]` over `ffi::sqlite3_module`, so the reference casts; the
+    // static lives for the whole program.
+    let module: &'static Module<'static, PhenixTab> =
+        unsafe { &*(&MODULE as *const ffi::sqlite3_module as *const Module<'static, PhenixTab>) };
+    conn.create_module("phenix", module, None)?;
+    retrieve::register(conn)
+}
+
+/// Argument `i` of a vtab call (NULL past the end).
+pub(crate) fn arg<'a>(
+    v: &'a rusqlite::vtab::Values<'a>,
+    i: usize,
+) -> rusqlite::types::ValueRef<'a> {
+    v.iter().nth(i).unwrap_or(rusqlite::types::ValueRef::Null)
+}
+
+/// An owned copy of a value (text must be UTF-8).
+pub(crate) fn owned(v: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<rusqlite::types::Value> {
+    rusqlite::types::Value::try_from(v)
+        .map_err(|e| crate::error::sql_error(format!("invalid value: {e}")))
+}
+
+/// An error about table `name`: `phenix: phenix table <name>: <e>` (one `phenix: ` prefix).
+pub(crate) fn table_err(name: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+    let m = e.to_string();
+    let m = m.strip_prefix("phenix: ").unwrap_or(&m);
+    crate::error::sql_error(format!("phenix table {name}: {m}"))
+}

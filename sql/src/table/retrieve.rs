@@ -1,0 +1,370 @@
+//! `phenix_retrieve(table, query, k)` (table-valued → rowid, rank, distance; scalar → JSON) and
+//! `phenix_retrieve_all(target_table, query_table, k)` (every vector of one table against another through
+//! the batched GEMM path → query_rowid, rowid, rank, distance).
+
+use super::state::{self, TableState, DEAD};
+use super::vtab::{guard, lock_state};
+use super::{arg, owned};
+use rusqlite::vtab::Module;
+
+const RETRIEVE: Module<'static, RetrieveTab> = Module::eponymous_only_module();
+const RETRIEVE_ALL: Module<'static, RetrieveAllTab> = Module::eponymous_only_module();
+use crate::error::sql_error;
+use phenix_core::batch::{search_batch, BatchParams};
+use phenix_core::topk::Candidates;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::vtab::{
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, VTab,
+    VTabConnection, VTabCursor,
+};
+use rusqlite::Connection;
+use std::borrow::Cow;
+use std::ffi::{c_int, CStr};
+use std::sync::{Arc, Mutex};
+
+/// Splits `schema.table` (or `table`, schema `main`).
+fn split_name(name: &str) -> (String, String) {
+    match name.split_once('.') {
+        Some((s, t)) if !s.is_empty() && !t.is_empty() => (s.to_string(), t.to_string()),
+        _ => ("main".to_string(), name.to_string()),
+    }
+}
+
+/// Finds the state of phenix table `name` on `conn`, connecting it if needed.
+fn table_state(
+    conn: &Connection,
+    fname: &str,
+    name: &str,
+) -> rusqlite::Result<Arc<Mutex<TableState>>> {
+    let (schema, table) = split_name(name);
+    // Preparing a statement on the table makes SQLite connect it in this connection.
+    conn.prepare(&format!(
+        "SELECT rowid FROM {} LIMIT 0",
+        state::qualified(&schema, &table)
+    ))
+    .map_err(|e| sql_error(format!("{fname}: no table {name}: {e}")))?;
+    // SAFETY: only the handle's address is used, as a registry key.
+    let db = unsafe { conn.handle() } as usize;
+    state::lookup_state(&state::key(db, &schema, &table))
+        .ok_or_else(|| sql_error(format!("{fname}: {name} is not a phenix table")))
+}
+
+fn text_arg(v: ValueRef<'_>, fname: &str, what: &str) -> rusqlite::Result<String> {
+    match v {
+        ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
+        _ => Err(sql_error(format!(
+            "{fname}: {what} must be a table name (text)"
+        ))),
+    }
+}
+
+fn k_arg(v: ValueRef<'_>, fname: &str) -> rusqlite::Result<i64> {
+    match v {
+        ValueRef::Integer(k) if k > 0 => Ok(k),
+        ValueRef::Integer(k) => Err(sql_error(format!(
+            "{fname}: k must be a positive integer, got {k}"
+        ))),
+        ValueRef::Null => Err(sql_error(format!(
+            "{fname}: k must be a positive integer, got NULL"
+        ))),
+        _ => Err(sql_error(format!("{fname}: k must be a positive integer"))),
+    }
+}
+
+/// The KNN rows of one query: (rowid, distance), ascending.
+fn retrieve(
+    conn: &Connection,
+    table: &str,
+    query: ValueRef<'_>,
+    k: i64,
+) -> rusqlite::Result<Vec<(i64, f64)>> {
+    let st = table_state(conn, "phenix_retrieve", table)?;
+    let (schema, name, vector) = {
+        let s = lock_state(&st);
+        (s.schema.clone(), s.name.clone(), s.def.vector.clone())
+    };
+    drop(st);
+    let sql = format!(
+        "SELECT rowid, distance FROM {} WHERE \"{}\" MATCH ?1 AND k = ?2",
+        state::qualified(&schema, &name),
+        vector.replace('"', "\"\"")
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let q: Value = owned(query)?;
+    let rows = stmt
+        .query_map(rusqlite::params![q, k], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Registers the functions.
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_module("phenix_retrieve", &RETRIEVE, None)?;
+    conn.create_module("phenix_retrieve_all", &RETRIEVE_ALL, None)?;
+    conn.create_scalar_function(
+        "phenix_retrieve",
+        3,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS,
+        |ctx| {
+            let table = text_arg(ctx.get_raw(0), "phenix_retrieve", "argument 1")?;
+            let k = k_arg(ctx.get_raw(2), "phenix_retrieve")?;
+            // SAFETY: the connection is only used for the duration of this call, on its own thread.
+            let conn = unsafe { ctx.get_connection() }?;
+            let rows = retrieve(&conn, &table, ctx.get_raw(1), k)?;
+            let json: Vec<serde_json::Value> = rows
+                .into_iter()
+                .map(|(r, d)| serde_json::json!({"rowid": r, "distance": d}))
+                .collect();
+            Ok(serde_json::Value::Array(json).to_string())
+        },
+    )
+}
+
+/// Shared shape of both table-valued functions: materialised rows.
+#[repr(C)]
+pub struct RetrieveTab {
+    base: sqlite3_vtab,
+    conn: Connection,
+    all: bool,
+}
+
+/// Cursor over materialised rows.
+#[repr(C)]
+pub struct RetrieveCursor {
+    base: sqlite3_vtab_cursor,
+    conn: *const Connection,
+    all: bool,
+    /// (query_rowid, rowid, rank, distance)
+    rows: Vec<(i64, i64, i64, f64)>,
+    pos: usize,
+}
+
+fn connect_tvf(
+    db: &mut VTabConnection,
+    all: bool,
+) -> rusqlite::Result<(Cow<'static, CStr>, RetrieveTab)> {
+    // SAFETY: a non-owning connection on the handle SQLite is connecting us to; dropped with the vtab.
+    let conn = unsafe { Connection::from_handle(db.handle()) }?;
+    let decl: &'static CStr = if all {
+        c"CREATE TABLE x(query_rowid INTEGER, rowid INTEGER, rank INTEGER, distance REAL, target_table HIDDEN, query_table HIDDEN, k HIDDEN)"
+    } else {
+        c"CREATE TABLE x(rowid INTEGER, rank INTEGER, distance REAL, tbl HIDDEN, query HIDDEN, k HIDDEN)"
+    };
+    Ok((
+        Cow::Borrowed(decl),
+        RetrieveTab {
+            base: sqlite3_vtab::default(),
+            conn,
+            all,
+        },
+    ))
+}
+
+fn tvf_best_index(all: bool, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+    let first_hidden = if all { 4 } else { 3 };
+    let mut slots = [None; 3];
+    for (i, c) in info.constraints().enumerate() {
+        let col = c.column() - first_hidden;
+        if (0..3).contains(&col) && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ {
+            if !c.is_usable() {
+                return Ok(false);
+            }
+            slots[col as usize] = Some(i);
+        }
+    }
+    if slots.iter().any(|s| s.is_none()) {
+        // All three arguments are required.
+        info.set_estimated_cost(1e99);
+        return Ok(false);
+    }
+    for (n, i) in slots.iter().enumerate() {
+        let mut u = info.constraint_usage(i.expect("checked"));
+        u.set_argv_index(n as c_int + 1);
+        u.set_omit(true);
+    }
+    info.set_estimated_cost(10.0);
+    Ok(true)
+}
+
+// SAFETY: `RetrieveTab` is `#[repr(C)]` with `sqlite3_vtab` first.
+unsafe impl<'vtab> VTab<'vtab> for RetrieveTab {
+    type Aux = ();
+    type Cursor = RetrieveCursor;
+    fn connect(
+        db: &mut VTabConnection,
+        _aux: Option<&()>,
+        _m: &[u8],
+        _s: &[u8],
+        _t: &[u8],
+        _args: &[&[u8]],
+    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
+        guard("phenix_retrieve xConnect", || connect_tvf(db, false))
+    }
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+        guard("phenix_retrieve xBestIndex", || {
+            tvf_best_index(self.all, info)
+        })
+    }
+    fn open(&'vtab mut self) -> rusqlite::Result<RetrieveCursor> {
+        Ok(RetrieveCursor {
+            base: sqlite3_vtab_cursor::default(),
+            conn: &self.conn,
+            all: self.all,
+            rows: Vec::new(),
+            pos: 0,
+        })
+    }
+}
+
+/// `phenix_retrieve_all` (same implementation, `all = true`).
+#[repr(C)]
+pub struct RetrieveAllTab(RetrieveTab);
+
+// SAFETY: `RetrieveAllTab` is `#[repr(C)]` around `RetrieveTab`, whose first field is `sqlite3_vtab`.
+unsafe impl<'vtab> VTab<'vtab> for RetrieveAllTab {
+    type Aux = ();
+    type Cursor = RetrieveCursor;
+    fn connect(
+        db: &mut VTabConnection,
+        _aux: Option<&()>,
+        _m: &[u8],
+        _s: &[u8],
+        _t: &[u8],
+        _args: &[&[u8]],
+    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
+        guard("phenix_retrieve_all xConnect", || {
+            connect_tvf(db, true).map(|(d, t)| (d, RetrieveAllTab(t)))
+        })
+    }
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+        guard("phenix_retrieve_all xBestIndex", || {
+            tvf_best_index(true, info)
+        })
+    }
+    fn open(&'vtab mut self) -> rusqlite::Result<RetrieveCursor> {
+        self.0.open()
+    }
+}
+
+/// Every live vector of `qt` against `tt`: (query_rowid, rowid, rank, distance).
+fn retrieve_all(
+    conn: &Connection,
+    target: &str,
+    queries: &str,
+    k: i64,
+) -> rusqlite::Result<Vec<(i64, i64, i64, f64)>> {
+    let f = "phenix_retrieve_all";
+    let tt = table_state(conn, f, target)?;
+    let qt = table_state(conn, f, queries)?;
+    // Read the queries (and release that table before locking the target, which may be the same one).
+    let (qrowids, qvecs, qdim) = {
+        let mut q = lock_state(&qt);
+        q.refresh_for_read()?;
+        let live = q
+            .live
+            .as_ref()
+            .ok_or_else(|| sql_error("internal: live set not loaded"))?;
+        let mut pairs: Vec<(i64, usize)> =
+            live.bitmap.iter().map(|s| (live.rowids[s], s)).collect();
+        pairs.sort_unstable();
+        let dim = q.def.layout.dim();
+        let n = q.store().len();
+        let mut store = q.store();
+        let view = store.view(n).map_err(|e| sql_error(format!("{f}: {e}")))?;
+        let mut vecs = Vec::with_capacity(pairs.len() * dim);
+        for &(_, s) in &pairs {
+            vecs.extend(view.row(s).to_f32());
+        }
+        (
+            pairs.into_iter().map(|p| p.0).collect::<Vec<_>>(),
+            vecs,
+            dim,
+        )
+    };
+    let mut t = lock_state(&tt);
+    if t.def.layout.dim() != qdim {
+        return Err(sql_error(format!(
+            "{f}: {queries} holds {qdim}-dimensional vectors but {target} holds {}",
+            t.def.layout.dim()
+        )));
+    }
+    t.refresh_for_read()?;
+    let n = t.store().len();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let hits = {
+        let live = t
+            .live
+            .as_ref()
+            .ok_or_else(|| sql_error("internal: live set not loaded"))?;
+        let mut p = BatchParams::new(k as usize);
+        p.candidates = Candidates::Bitmap(&live.bitmap);
+        p.threads = threads;
+        let mut store = t.store();
+        let view = store.view(n).map_err(|e| sql_error(format!("{f}: {e}")))?;
+        search_batch(&view, &qvecs, &p).map_err(|e| sql_error(format!("{f}: {e}")))?
+    };
+    let live = t.live.as_ref().expect("loaded");
+    let mut out = Vec::new();
+    for (qi, hs) in hits.into_iter().enumerate() {
+        let mut rows: Vec<(i64, f64)> = hs
+            .into_iter()
+            .map(|h| (live.rowids[h.slot as usize], h.distance as f64))
+            .filter(|r| r.0 != DEAD)
+            .collect();
+        rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        for (rank, (rowid, d)) in rows.into_iter().enumerate() {
+            out.push((qrowids[qi], rowid, rank as i64 + 1, d));
+        }
+    }
+    Ok(out)
+}
+
+// SAFETY: `RetrieveCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` first.
+unsafe impl VTabCursor for RetrieveCursor {
+    fn filter(&mut self, _n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+        guard("phenix_retrieve xFilter", || {
+            // SAFETY: the cursor never outlives its table, which owns the connection.
+            let conn = unsafe { &*self.conn };
+            self.pos = 0;
+            if self.all {
+                let f = "phenix_retrieve_all";
+                let target = text_arg(arg(args, 0), f, "target_table")?;
+                let queries = text_arg(arg(args, 1), f, "query_table")?;
+                let k = k_arg(arg(args, 2), f)?;
+                self.rows = retrieve_all(conn, &target, &queries, k)?;
+            } else {
+                let f = "phenix_retrieve";
+                let table = text_arg(arg(args, 0), f, "argument 1")?;
+                let k = k_arg(arg(args, 2), f)?;
+                self.rows = retrieve(conn, &table, arg(args, 1), k)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (r, d))| (0, r, i as i64 + 1, d))
+                    .collect();
+            }
+            Ok(())
+        })
+    }
+    fn next(&mut self) -> rusqlite::Result<()> {
+        self.pos += 1;
+        Ok(())
+    }
+    fn eof(&self) -> bool {
+        self.pos >= self.rows.len()
+    }
+    fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
+        let (q, r, rank, d) = self.rows[self.pos];
+        let i = if self.all { i } else { i + 1 };
+        match i {
+            0 => ctx.set_result(&q),
+            1 => ctx.set_result(&r),
+            2 => ctx.set_result(&rank),
+            3 => ctx.set_result(&d),
+            _ => ctx.set_result(&Value::Null),
+        }
+    }
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(self.pos as i64 + 1)
+    }
+}

@@ -1,0 +1,274 @@
+//! Parsing `CREATE VIRTUAL TABLE t USING phenix(...)` arguments.
+//!
+//! ```sql
+//! CREATE VIRTUAL TABLE molecules USING phenix(
+//!   embedding float16[256] distance=cosine,  -- exactly one vector column: float16[N] | float32[N] | float[N]
+//!   smiles TEXT,                             -- metadata: stored in SQLite, pre-filtered in KNN
+//!   concentration REAL,
+//!   +note TEXT                               -- auxiliary: stored and returned, not pre-filtered
+//! )
+//! ```
+
+use phenix_core::store::{Layout, MAX_DIM};
+use phenix_core::{ElemType, Metric};
+
+/// A metadata or auxiliary column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// Its name as declared.
+    pub name: String,
+    /// Its declared SQL type (`TEXT`, `INTEGER`, `REAL`, `BLOB`, `NUMERIC`, or empty).
+    pub decl_type: String,
+    /// Auxiliary (`+name`): not used for pre-filtering.
+    pub aux: bool,
+}
+
+/// The parsed table definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDef {
+    /// The vector column's name.
+    pub vector: String,
+    /// Its layout.
+    pub layout: Layout,
+    /// Metadata columns first, then auxiliary ones, in declaration order within each group.
+    pub columns: Vec<Column>,
+}
+
+const TYPES: &[&str] = &[
+    "TEXT", "INTEGER", "INT", "REAL", "FLOAT", "DOUBLE", "BLOB", "NUMERIC",
+];
+const RESERVED: &[&str] = &["distance", "k", "rowid", "oid", "_rowid_", "rank"];
+
+fn is_ident(s: &str) -> bool {
+    let mut ch = s.chars();
+    matches!(ch.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && ch.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses the module arguments (everything after the table name).
+pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, String> {
+    let mut vector: Option<(String, Layout)> = None;
+    let mut meta = Vec::new();
+    let mut aux = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let usage = "expected `name float16[N] [distance=cosine|l2|dot]`, `name TYPE` or `+name TYPE`";
+    for raw in args {
+        let arg = raw.trim();
+        if arg.is_empty() {
+            continue;
+        }
+        let toks: Vec<&str> = arg.split_whitespace().collect();
+        let (name, is_aux) = match toks[0].strip_prefix('+') {
+            Some(n) => (n, true),
+            None => (toks[0], false),
+        };
+        if !is_ident(name) {
+            return Err(format!(
+                "phenix table {table}: `{arg}`: column name `{name}` must be letters, digits and _ (not starting with a digit); {usage}"
+            ));
+        }
+        let lname = name.to_ascii_lowercase();
+        if RESERVED.contains(&lname.as_str()) || lname == table.to_ascii_lowercase() {
+            return Err(format!(
+                "phenix table {table}: column name `{name}` is reserved (distance, k, rank, rowid and the table's own name are phenix's)"
+            ));
+        }
+        if seen.contains(&lname) {
+            return Err(format!(
+                "phenix table {table}: column `{name}` is declared twice"
+            ));
+        }
+        seen.push(lname);
+        let ty = toks.get(1).copied().unwrap_or("");
+        if let Some((elem, dim)) = parse_vector_type(ty) {
+            if is_aux {
+                return Err(format!(
+                    "phenix table {table}: `{arg}`: the vector column cannot be auxiliary (+)"
+                ));
+            }
+            let dim = dim.map_err(|e| format!("phenix table {table}: `{arg}`: {e}"))?;
+            let mut metric = Metric::Cosine;
+            for opt in &toks[2..] {
+                let (k, v) = opt.split_once('=').ok_or_else(|| {
+                    format!("phenix table {table}: `{arg}`: option `{opt}` must be key=value (distance=cosine|l2|dot)")
+                })?;
+                match k.to_ascii_lowercase().as_str() {
+                    "distance" | "distance_metric" => {
+                        metric = Metric::parse(v).ok_or_else(|| {
+                            format!("phenix table {table}: `{arg}`: unknown distance `{v}`; expected cosine, l2 or dot")
+                        })?
+                    }
+                    _ => {
+                        return Err(format!(
+                            "phenix table {table}: `{arg}`: unknown option `{k}`; expected distance=cosine|l2|dot"
+                        ))
+                    }
+                }
+            }
+            if vector.is_some() {
+                return Err(format!(
+                    "phenix table {table}: `{arg}`: a phenix table has exactly one vector column"
+                ));
+            }
+            let layout =
+                Layout::new(dim, elem, metric).map_err(|e| format!("phenix table {table}: {e}"))?;
+            vector = Some((name.to_string(), layout));
+            continue;
+        }
+        if toks.len() > 2 || (!ty.is_empty() && !TYPES.contains(&ty.to_ascii_uppercase().as_str()))
+        {
+            return Err(format!(
+                "phenix table {table}: `{arg}`: unknown column type `{}`; expected float16[N], float32[N], float[N], TEXT, INTEGER, REAL, BLOB or NUMERIC",
+                toks[1..].join(" ")
+            ));
+        }
+        let c = Column {
+            name: name.to_string(),
+            decl_type: ty.to_ascii_uppercase(),
+            aux: is_aux,
+        };
+        if is_aux {
+            aux.push(c)
+        } else {
+            meta.push(c)
+        }
+    }
+    let (vname, layout) = vector.ok_or_else(|| {
+        format!("phenix table {table}: no vector column; declare one, e.g. `embedding float16[256] distance=cosine`")
+    })?;
+    meta.extend(aux);
+    Ok(TableDef {
+        vector: vname,
+        layout,
+        columns: meta,
+    })
+}
+
+/// `float16[N]` / `float32[N]` / `float[N]` → element type and dimension.
+fn parse_vector_type(ty: &str) -> Option<(ElemType, Result<usize, String>)> {
+    let lower = ty.to_ascii_lowercase();
+    let (elem, rest) = if let Some(r) = lower.strip_prefix("float16[") {
+        (ElemType::F16, r)
+    } else if let Some(r) = lower.strip_prefix("float32[") {
+        (ElemType::F32, r)
+    } else if let Some(r) = lower.strip_prefix("float[") {
+        (ElemType::F32, r)
+    } else {
+        return None;
+    };
+    let dim = rest
+        .strip_suffix(']')
+        .and_then(|d| d.parse::<usize>().ok())
+        .filter(|&d| (1..=MAX_DIM).contains(&d))
+        .ok_or_else(|| format!("dimension in `{ty}` must be an integer in 1..={MAX_DIM}"));
+    Some((elem, dim))
+}
+
+impl TableDef {
+    /// The `CREATE TABLE` statement declared to SQLite (hidden columns `distance` and `k` last).
+    pub fn declare(&self) -> String {
+        let mut s = format!("CREATE TABLE x(\"{}\"", self.vector);
+        for c in &self.columns {
+            s.push_str(&format!(", \"{}\" {}", c.name, c.decl_type));
+        }
+        s.push_str(", distance HIDDEN, k HIDDEN)");
+        s
+    }
+    /// Number of metadata (filterable) columns.
+    pub fn n_meta(&self) -> usize {
+        self.columns.iter().filter(|c| !c.aux).count()
+    }
+    /// Index of the hidden `distance` column.
+    pub fn distance_col(&self) -> i32 {
+        1 + self.columns.len() as i32
+    }
+    /// Index of the hidden `k` column.
+    pub fn k_col(&self) -> i32 {
+        2 + self.columns.len() as i32
+    }
+    /// A canonical text form of the definition, stored in the info shadow table and compared on connect.
+    pub fn canonical(&self) -> String {
+        let mut s = format!(
+            "{} {}[{}] distance={}",
+            self.vector,
+            self.layout.elem(),
+            self.layout.dim(),
+            self.layout.metric()
+        );
+        for c in &self.columns {
+            s.push_str(&format!(
+                ", {}{} {}",
+                if c.aux { "+" } else { "" },
+                c.name,
+                c.decl_type
+            ));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let d = parse(
+            "molecules",
+            &[
+                "embedding float16[256] distance=cosine",
+                "smiles TEXT",
+                "concentration REAL",
+                "+note TEXT",
+            ],
+        )
+        .unwrap();
+        assert_eq!(d.vector, "embedding");
+        assert_eq!(
+            d.layout,
+            Layout::new(256, ElemType::F16, Metric::Cosine).unwrap()
+        );
+        assert_eq!(d.n_meta(), 2);
+        assert_eq!(d.columns[2].name, "note");
+        assert!(d.columns[2].aux);
+        assert_eq!(
+            d.declare(),
+            "CREATE TABLE x(\"embedding\", \"smiles\" TEXT, \"concentration\" REAL, \"note\" TEXT, distance HIDDEN, k HIDDEN)"
+        );
+        let f = parse("t", &["v float[3]"]).unwrap();
+        assert_eq!(f.layout.elem(), ElemType::F32);
+        assert_eq!(f.layout.metric(), Metric::Cosine);
+        assert_eq!(
+            parse("t", &["v float32[3] distance=l2"])
+                .unwrap()
+                .layout
+                .metric(),
+            Metric::L2
+        );
+    }
+
+    #[test]
+    fn rejects_bad_definitions_with_a_reason() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["smiles TEXT"], "no vector column"),
+            (
+                &["a float16[4]", "b float16[4]"],
+                "exactly one vector column",
+            ),
+            (&["a float16[0]"], "dimension"),
+            (&["a float16[x]"], "dimension"),
+            (&["a float16[4] distance=manhattan"], "unknown distance"),
+            (&["a float16[4] metric=l2"], "unknown option"),
+            (&["a float16[4]", "b VARCHAR"], "unknown column type"),
+            (&["a float16[4]", "distance REAL"], "reserved"),
+            (&["a float16[4]", "A TEXT"], "declared twice"),
+            (&["a float16[4]", "1x TEXT"], "column name"),
+            (&["a float16[4]", "x\"y TEXT"], "column name"),
+            (&["+a float16[4]"], "auxiliary"),
+        ];
+        for (args, want) in cases {
+            let e = parse("t", args).unwrap_err();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+}
