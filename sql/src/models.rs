@@ -1,0 +1,545 @@
+//! Encoders in SQL: `phenix_fingerprint`, `phenix_model_load`, the `phenix_models` table,
+//! `phenix_embed_molecule`, `phenix_embed_phenomics` and the batched `phenix_embed_molecules`.
+//!
+//! Models live in a process-wide registry by name. `default` is always there: the bundle in
+//! `models/default/` is compiled into the library (`include_bytes!`), written once to a cache directory
+//! named by its content hash, and loaded from there on first use, so it works wherever the `.so` goes.
+
+use crate::error::sql_error;
+use crate::functions::create_path_function;
+use crate::vector::{encode_f16, parse_vector};
+use phenix_core::ElemType;
+use phenix_models::{ExecutionProvider, Model, MorganFeaturizer, RuntimeOptions};
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::vtab::{
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module,
+    VTab, VTabConfig, VTabConnection, VTabCursor,
+};
+use rusqlite::Connection;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{c_int, CStr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+const DEFAULT_MANIFEST: &[u8] = include_bytes!("../../models/default/phenix-model.json");
+const DEFAULT_MOLECULE: &[u8] = include_bytes!("../../models/default/molecule.onnx");
+const DEFAULT_PHENOMICS: &[u8] = include_bytes!("../../models/default/phenomics.onnx");
+
+/// A registered model: where it came from and, once loaded, the sessions.
+struct Entry {
+    path: PathBuf,
+    options: RuntimeOptions,
+    model: Option<Arc<Model>>,
+}
+
+fn registry() -> &'static Mutex<BTreeMap<String, Entry>> {
+    static R: OnceLock<Mutex<BTreeMap<String, Entry>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(BTreeMap::new()))
+}
+
+fn default_options() -> RuntimeOptions {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    RuntimeOptions::default().intra_threads(threads)
+}
+
+/// FNV-1a over the bundle bytes, naming its cache directory.
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for p in parts {
+        for &b in *p {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Writes the compiled-in default bundle to `<cache>/phenix/default-<hash>/` (once) and returns it.
+fn default_bundle_dir() -> rusqlite::Result<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let hash = fnv(&[DEFAULT_MANIFEST, DEFAULT_MOLECULE, DEFAULT_PHENOMICS]);
+    let dir = base.join("phenix").join(format!("default-{hash:016x}"));
+    if dir.join("phenix-model.json").is_file() {
+        return Ok(dir);
+    }
+    // Write into a private temporary directory, then rename into place (atomic; a concurrent writer
+    // of the same content loses the race harmlessly).
+    let tmp = base
+        .join("phenix")
+        .join(format!(".default-{hash:016x}-{}", std::process::id()));
+    let io = |e: std::io::Error| {
+        sql_error(format!(
+            "cannot write the default model to {}: {e}",
+            tmp.display()
+        ))
+    };
+    std::fs::create_dir_all(&tmp).map_err(io)?;
+    std::fs::write(tmp.join("molecule.onnx"), DEFAULT_MOLECULE).map_err(io)?;
+    std::fs::write(tmp.join("phenomics.onnx"), DEFAULT_PHENOMICS).map_err(io)?;
+    std::fs::write(tmp.join("phenix-model.json"), DEFAULT_MANIFEST).map_err(io)?;
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    if dir.join("phenix-model.json").is_file() {
+        Ok(dir)
+    } else {
+        Err(sql_error(format!(
+            "cannot install the default model in {}",
+            dir.display()
+        )))
+    }
+}
+
+/// The loaded model `name` (loading it on first use).
+pub fn model(name: &str) -> rusqlite::Result<Arc<Model>> {
+    let (path, options) = {
+        let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = r.get(name) {
+            if let Some(m) = &e.model {
+                return Ok(m.clone());
+            }
+            (e.path.clone(), e.options.clone())
+        } else if name == "default" {
+            let p = default_bundle_dir()?;
+            r.insert(
+                "default".into(),
+                Entry {
+                    path: p.clone(),
+                    options: default_options(),
+                    model: None,
+                },
+            );
+            (p, default_options())
+        } else {
+            let names: Vec<&str> = std::iter::once("default")
+                .chain(r.keys().map(String::as_str).filter(|n| *n != "default"))
+                .collect();
+            return Err(sql_error(format!(
+                "no model named '{name}'; load one with phenix_model_load(name, path) (loaded: {})",
+                names.join(", ")
+            )));
+        }
+    };
+    let m = Model::load_cached(&path, &options)
+        .map_err(|e| sql_error(format!("model '{name}': {e}")))?;
+    if let Some(e) = registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(name)
+    {
+        e.model = Some(m.clone());
+    }
+    Ok(m)
+}
+
+fn featurizer(radius: u32, n_bits: usize) -> Result<Arc<MorganFeaturizer>, phenix_models::Error> {
+    static F: OnceLock<Mutex<HashMap<(u32, usize), Arc<MorganFeaturizer>>>> = OnceLock::new();
+    let mut m = F
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = m.get(&(radius, n_bits)) {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(MorganFeaturizer::new(radius, n_bits)?);
+    m.insert((radius, n_bits), f.clone());
+    Ok(f)
+}
+
+fn text<'a>(v: ValueRef<'a>, f: &str, what: &str) -> rusqlite::Result<&'a str> {
+    match v {
+        ValueRef::Text(t) => {
+            std::str::from_utf8(t).map_err(|_| sql_error(format!("{f}: {what} is not UTF-8")))
+        }
+        ValueRef::Null => Err(sql_error(format!("{f}: {what} is NULL; expected text"))),
+        _ => Err(sql_error(format!("{f}: {what} must be text"))),
+    }
+}
+
+fn number(v: ValueRef<'_>, f: &str, what: &str) -> rusqlite::Result<f64> {
+    match v {
+        ValueRef::Integer(i) => Ok(i as f64),
+        ValueRef::Real(r) => Ok(r),
+        ValueRef::Null => Err(sql_error(format!("{f}: {what} is NULL; expected a number"))),
+        _ => Err(sql_error(format!("{f}: {what} must be a number"))),
+    }
+}
+
+fn int(v: ValueRef<'_>, f: &str, what: &str) -> rusqlite::Result<i64> {
+    match v {
+        ValueRef::Integer(i) => Ok(i),
+        _ => Err(sql_error(format!("{f}: {what} must be an integer"))),
+    }
+}
+
+/// Registers the encoder functions.
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    let pure = FunctionFlags::SQLITE_UTF8
+        | FunctionFlags::SQLITE_DETERMINISTIC
+        | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function("phenix_fingerprint", 3, pure, |ctx| {
+        let f = "phenix_fingerprint";
+        let smiles = text(ctx.get_raw(0), f, "argument 1 (SMILES)")?;
+        let radius = int(ctx.get_raw(1), f, "argument 2 (radius)")?;
+        let n_bits = int(ctx.get_raw(2), f, "argument 3 (number of bits)")?;
+        if !(0..=16).contains(&radius) || !(1..=1 << 20).contains(&n_bits) {
+            return Err(sql_error(format!(
+                "{f}: radius {radius} / {n_bits} bits are out of range; supported: radius 0-3, 128/256/512/1024/2048 bits"
+            )));
+        }
+        let fp = featurizer(radius as u32, n_bits as usize).map_err(|e| sql_error(format!("{f}: {e}")))?;
+        let bits = fp.on_bits(smiles).map_err(|e| sql_error(format!("{f}: {e}")))?;
+        Ok(serde_json::to_string(&bits).expect("bits serialise"))
+    })?;
+    create_path_function(conn, "phenix_model_load", 2, |ctx| load_fn(ctx, None))?;
+    create_path_function(conn, "phenix_model_load", 3, |ctx| {
+        let opts = text(
+            ctx.get_raw(2),
+            "phenix_model_load",
+            "argument 3 (options JSON)",
+        )?
+        .to_string();
+        load_fn(ctx, Some(opts))
+    })?;
+    // Embedding functions stay usable in triggers (auto-embedding on insert), so they are not
+    // DIRECTONLY; they read only bundles an application registered directly.
+    let embed_flags = FunctionFlags::SQLITE_UTF8
+        | FunctionFlags::SQLITE_DETERMINISTIC
+        | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function("phenix_embed_molecule", 3, embed_flags, |ctx| {
+        let f = "phenix_embed_molecule";
+        let name = text(ctx.get_raw(0), f, "argument 1 (model)")?;
+        let smiles = text(ctx.get_raw(1), f, "argument 2 (SMILES)")?;
+        let conc = number(ctx.get_raw(2), f, "argument 3 (concentration in µM)")?;
+        let m = model(name)?;
+        let v = m
+            .embed_molecules(&[(smiles, conc)])
+            .map_err(|e| sql_error(format!("{f}: {e}")))?;
+        Ok(Value::Blob(encode_f16(&v)))
+    })?;
+    conn.create_scalar_function("phenix_embed_phenomics", 2, embed_flags, |ctx| {
+        let f = "phenix_embed_phenomics";
+        let name = text(ctx.get_raw(0), f, "argument 1 (model)")?;
+        let m = model(name)?;
+        let d = m.manifest().phenomics.input_dim;
+        let profile = parse_vector(
+            ctx.get_raw(1),
+            &format!("{f} argument 2 (profile)"),
+            Some((d, ElemType::F32)),
+        )
+        .map_err(sql_error)?;
+        let v = m
+            .embed_phenomics(&profile)
+            .map_err(|e| sql_error(format!("{f}: {e}")))?;
+        Ok(Value::Blob(encode_f16(&v)))
+    })?;
+    conn.create_module("phenix_models", &MODELS, None)?;
+    conn.create_module("phenix_embed_molecules", &EMBED_MOLECULES, None)?;
+    Ok(())
+}
+
+fn load_fn(
+    ctx: &rusqlite::functions::Context<'_>,
+    opts: Option<String>,
+) -> rusqlite::Result<String> {
+    let f = "phenix_model_load";
+    let name = text(ctx.get_raw(0), f, "argument 1 (name)")?.to_string();
+    if name == "default" {
+        return Err(sql_error(format!(
+            "{f}: the name 'default' is reserved for the shipped model"
+        )));
+    }
+    let path = crate::functions::path_arg(ctx, 1, f)?;
+    let mut options = default_options();
+    if let Some(o) = opts {
+        let v: serde_json::Value = serde_json::from_str(&o)
+            .map_err(|e| sql_error(format!("{f}: options are not JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| {
+            sql_error(format!(
+                "{f}: options must be a JSON object like {{\"provider\": \"cpu\", \"threads\": 2}}"
+            ))
+        })?;
+        for (k, v) in obj {
+            match (k.as_str(), v) {
+                ("provider", serde_json::Value::String(p)) => {
+                    options = options.execution_provider(
+                        ExecutionProvider::parse(p).map_err(|e| sql_error(format!("{f}: {e}")))?,
+                    )
+                }
+                ("threads", serde_json::Value::Number(n)) if n.as_u64().is_some_and(|t| t >= 1) => {
+                    options = options.intra_threads(n.as_u64().expect("checked") as usize)
+                }
+                _ => {
+                    return Err(sql_error(format!(
+                        "{f}: unknown option {k}={v}; expected \"provider\": \"cpu\"|\"cuda\"|\"cuda:N\", \"threads\": N >= 1"
+                    )))
+                }
+            }
+        }
+    }
+    // Load now, so a bad bundle fails here with its reason.
+    let m = Model::load_cached(&path, &options).map_err(|e| sql_error(format!("{f}: {e}")))?;
+    let dim = m.dim();
+    registry().lock().unwrap_or_else(|e| e.into_inner()).insert(
+        name.clone(),
+        Entry {
+            path,
+            options,
+            model: Some(m),
+        },
+    );
+    Ok(format!("loaded model '{name}' (dim {dim})"))
+}
+
+// ------------------------------------------------------------------------------------------------
+// phenix_models: name, path, dim, provider, featurizer
+
+const MODELS: Module<'static, ModelsTab> = Module::eponymous_only_module();
+const EMBED_MOLECULES: Module<'static, EmbedTab> = Module::eponymous_only_module();
+
+/// The `phenix_models` table.
+#[repr(C)]
+pub struct ModelsTab {
+    base: sqlite3_vtab,
+}
+
+/// Rows of materialised values.
+#[repr(C)]
+pub struct RowsCursor {
+    base: sqlite3_vtab_cursor,
+    /// The connection handle (for `phenix_embed_molecules`'s inner query), 0 if unused.
+    db: usize,
+    rows: Vec<Vec<Value>>,
+    pos: usize,
+}
+
+// SAFETY: `ModelsTab` is `#[repr(C)]` with `sqlite3_vtab` first.
+unsafe impl<'vtab> VTab<'vtab> for ModelsTab {
+    type Aux = ();
+    type Cursor = RowsCursor;
+    fn connect(
+        _db: &mut VTabConnection,
+        _aux: Option<&()>,
+        _m: &[u8],
+        _s: &[u8],
+        _t: &[u8],
+        _a: &[&[u8]],
+    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
+        Ok((
+            Cow::Borrowed(c"CREATE TABLE x(name TEXT, path TEXT, dim INTEGER, provider TEXT, featurizer TEXT)"),
+            ModelsTab {
+                base: sqlite3_vtab::default(),
+            },
+        ))
+    }
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+        info.set_estimated_cost(10.0);
+        Ok(true)
+    }
+    fn open(&'vtab mut self) -> rusqlite::Result<RowsCursor> {
+        Ok(RowsCursor {
+            base: sqlite3_vtab_cursor::default(),
+            db: 0,
+            rows: Vec::new(),
+            pos: 0,
+        })
+    }
+}
+
+// SAFETY: `RowsCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` first.
+unsafe impl VTabCursor for RowsCursor {
+    fn filter(&mut self, n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+        crate::table::vtab::guard("phenix_models/phenix_embed_molecules xFilter", || {
+            self.pos = 0;
+            self.rows = if n == 7 {
+                embed_rows(self.db, args)?
+            } else {
+                models_rows()?
+            };
+            Ok(())
+        })
+    }
+    fn next(&mut self) -> rusqlite::Result<()> {
+        self.pos += 1;
+        Ok(())
+    }
+    fn eof(&self) -> bool {
+        self.pos >= self.rows.len()
+    }
+    fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
+        ctx.set_result(self.rows[self.pos].get(i as usize).unwrap_or(&Value::Null))
+    }
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(self.pos as i64 + 1)
+    }
+}
+
+fn models_rows() -> rusqlite::Result<Vec<Vec<Value>>> {
+    // `default` is always listed (loading it here reports its real dimension).
+    model("default")?;
+    let r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    Ok(r.iter()
+        .map(|(name, e)| {
+            let (dim, feat) = match &e.model {
+                Some(m) => {
+                    let f = m.featurizer();
+                    (
+                        Value::Integer(m.dim() as i64),
+                        Value::Text(format!(
+                            "morgan radius={} bits={}{}{}",
+                            f.radius(),
+                            f.n_bits(),
+                            if f.counts() { " counts" } else { "" },
+                            if f.chirality() { " chirality" } else { "" }
+                        )),
+                    )
+                }
+                None => (Value::Null, Value::Null),
+            };
+            let provider = match e.options.get_execution_provider() {
+                ExecutionProvider::Cpu => "cpu".to_string(),
+                other => format!("{other:?}").to_lowercase(),
+            };
+            vec![
+                Value::Text(name.clone()),
+                Value::Text(e.path.display().to_string()),
+                dim,
+                Value::Text(provider),
+                feat,
+            ]
+        })
+        .collect())
+}
+
+// ------------------------------------------------------------------------------------------------
+// phenix_embed_molecules(model, 'SELECT [id,] smiles, concentration FROM ...'): batched embedding.
+
+/// The `phenix_embed_molecules` table-valued function.
+#[repr(C)]
+pub struct EmbedTab {
+    base: sqlite3_vtab,
+    db: usize,
+}
+
+// SAFETY: `EmbedTab` is `#[repr(C)]` with `sqlite3_vtab` first.
+unsafe impl<'vtab> VTab<'vtab> for EmbedTab {
+    type Aux = ();
+    type Cursor = RowsCursor;
+    fn connect(
+        db: &mut VTabConnection,
+        _aux: Option<&()>,
+        _m: &[u8],
+        _s: &[u8],
+        _t: &[u8],
+        _a: &[&[u8]],
+    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
+        // It runs SQL given as text: only from top-level SQL, never from a view or trigger.
+        db.config(VTabConfig::DirectOnly)?;
+        // SAFETY: only the handle's address is kept, to run the inner query on the same connection.
+        let handle = unsafe { db.handle() } as usize;
+        Ok((
+            Cow::Borrowed(c"CREATE TABLE x(id, smiles TEXT, concentration REAL, embedding BLOB, model HIDDEN, query HIDDEN)"),
+            EmbedTab {
+                base: sqlite3_vtab::default(),
+                db: handle,
+            },
+        ))
+    }
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+        let mut slots = [None, None];
+        for (i, c) in info.constraints().enumerate() {
+            let col = c.column() - 4;
+            if (0..2).contains(&col)
+                && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+            {
+                if !c.is_usable() {
+                    return Ok(false);
+                }
+                slots[col as usize] = Some(i);
+            }
+        }
+        let (Some(a), Some(b)) = (slots[0], slots[1]) else {
+            return Ok(false);
+        };
+        for (n, i) in [a, b].into_iter().enumerate() {
+            let mut u = info.constraint_usage(i);
+            u.set_argv_index(n as c_int + 1);
+            u.set_omit(true);
+        }
+        info.set_idx_num(7);
+        info.set_estimated_cost(1000.0);
+        Ok(true)
+    }
+    fn open(&'vtab mut self) -> rusqlite::Result<RowsCursor> {
+        Ok(RowsCursor {
+            base: sqlite3_vtab_cursor::default(),
+            db: self.db,
+            rows: Vec::new(),
+            pos: 0,
+        })
+    }
+}
+
+/// Rows of the inner query, embedded in batches.
+fn embed_rows(handle: usize, args: &Filters<'_>) -> rusqlite::Result<Vec<Vec<Value>>> {
+    let f = "phenix_embed_molecules";
+    let name = text(crate::table::arg(args, 0), f, "argument 1 (model)")?.to_string();
+    let sql = text(crate::table::arg(args, 1), f, "argument 2 (query)")?.to_string();
+    let m = model(&name)?;
+    if handle == 0 {
+        return Err(sql_error(format!("{f}: no connection")));
+    }
+    // SAFETY: the handle is the connection running this statement; the non-owning wrapper is dropped
+    // before this call returns.
+    let conn = unsafe { Connection::from_handle(handle as *mut rusqlite::ffi::sqlite3) }?;
+    let mut stmt = conn
+        .prepare(&sql)
+        .map_err(|e| sql_error(format!("{f}: the query does not prepare: {e}")))?;
+    let ncol = stmt.column_count();
+    if !(2..=3).contains(&ncol) {
+        return Err(sql_error(format!(
+            "{f}: the query must return (smiles, concentration) or (id, smiles, concentration); it returns {ncol} columns"
+        )));
+    }
+    let off = ncol - 2;
+    let mut items: Vec<(Value, String, f64)> = Vec::new();
+    let mut q = stmt.query([])?;
+    while let Some(r) = q.next()? {
+        let id: Value = if off == 1 {
+            r.get(0)?
+        } else {
+            Value::Integer(items.len() as i64 + 1)
+        };
+        let smiles: String = r
+            .get::<_, Option<String>>(off)?
+            .ok_or_else(|| sql_error(format!("{f}: row {} has a NULL SMILES", items.len() + 1)))?;
+        let conc: f64 = r.get::<_, Option<f64>>(off + 1)?.ok_or_else(|| {
+            sql_error(format!(
+                "{f}: row {} ({smiles}) has a NULL concentration",
+                items.len() + 1
+            ))
+        })?;
+        items.push((id, smiles, conc));
+    }
+    let dim = m.dim();
+    let mut rows = Vec::with_capacity(items.len());
+    for chunk in items.chunks(1024) {
+        let pairs: Vec<(&str, f64)> = chunk.iter().map(|(_, s, c)| (s.as_str(), *c)).collect();
+        let emb = m
+            .embed_molecules(&pairs)
+            .map_err(|e| sql_error(format!("{f}: {e}")))?;
+        for ((id, s, c), e) in chunk.iter().zip(emb.chunks_exact(dim)) {
+            rows.push(vec![
+                id.clone(),
+                Value::Text(s.clone()),
+                Value::Real(*c),
+                Value::Blob(encode_f16(e)),
+            ]);
+        }
+    }
+    Ok(rows)
+}
