@@ -137,7 +137,8 @@ pub fn model(name: &str) -> rusqlite::Result<Arc<Model>> {
 }
 
 fn featurizer(radius: u32, n_bits: usize) -> Result<Arc<MorganFeaturizer>, phenix_models::Error> {
-    static F: OnceLock<Mutex<HashMap<(u32, usize), Arc<MorganFeaturizer>>>> = OnceLock::new();
+    type Featurizers = Mutex<HashMap<(u32, usize), Arc<MorganFeaturizer>>>;
+    static F: OnceLock<Featurizers> = OnceLock::new();
     let mut m = F
         .get_or_init(Default::default)
         .lock()
