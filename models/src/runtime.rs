@@ -572,18 +572,57 @@ impl Model {
             let rows = chunk.len();
             let mut fp = vec![0f32; rows * n_bits];
             let mut conc = vec![0f32; rows * n_conc];
-            for (i, &(smiles, c)) in chunk.iter().enumerate() {
-                self.featurizer
-                    .features_into(smiles, &mut fp[i * n_bits..(i + 1) * n_bits])?;
-                if !m
-                    .concentration
-                    .encode_into(c, &mut conc[i * n_conc..(i + 1) * n_conc])
-                {
-                    return Err(Error::InvalidConcentration {
-                        smiles: smiles.to_string(),
-                        value: c,
-                        encoding: m.concentration.kind(),
-                    });
+            // Featurize on up to `intra_threads` threads (the featurizer is half of the per-molecule
+            // cost); small batches stay on this thread.
+            let threads = self
+                .options
+                .get_intra_threads()
+                .clamp(1, rows.div_ceil(32).max(1));
+            let per = rows.div_ceil(threads);
+            let featurize =
+                |items: &[(&str, f64)], fp: &mut [f32], conc: &mut [f32]| -> Result<()> {
+                    for (i, &(smiles, c)) in items.iter().enumerate() {
+                        self.featurizer
+                            .features_into(smiles, &mut fp[i * n_bits..(i + 1) * n_bits])?;
+                        if !m
+                            .concentration
+                            .encode_into(c, &mut conc[i * n_conc..(i + 1) * n_conc])
+                        {
+                            return Err(Error::InvalidConcentration {
+                                smiles: smiles.to_string(),
+                                value: c,
+                                encoding: m.concentration.kind(),
+                            });
+                        }
+                    }
+                    Ok(())
+                };
+            if threads == 1 {
+                featurize(chunk, &mut fp, &mut conc)?;
+            } else {
+                let results: Vec<Result<()>> = std::thread::scope(|sc| {
+                    let featurize = &featurize;
+                    let handles: Vec<_> = chunk
+                        .chunks(per)
+                        .zip(fp.chunks_mut(per * n_bits))
+                        .zip(
+                            conc.chunks_mut((per * n_conc).max(1))
+                                .chain(std::iter::repeat_with(|| &mut [][..])),
+                        )
+                        .map(|((items, fp), conc)| sc.spawn(move || featurize(items, fp, conc)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(Error::InvalidInput("featurizer thread panicked".into()))
+                            })
+                        })
+                        .collect()
+                });
+                // Report the first failing molecule in input order.
+                for r in results {
+                    r?;
                 }
             }
             let mut inputs = vec![(m.input_fingerprint.as_str(), fp.as_slice(), n_bits)];

@@ -35,6 +35,7 @@ compile_error!(
 pub mod error;
 pub mod functions;
 pub mod loading;
+pub mod models;
 pub mod table;
 pub mod vector;
 
@@ -49,5 +50,6 @@ pub use vector::{decode_vector, parse_vector, Decoded, Encoding, VectorError};
 pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     functions::register(conn)?;
     table::register(conn)?;
+    models::register(conn)?;
     Ok(())
 }

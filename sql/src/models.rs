@@ -354,7 +354,7 @@ unsafe impl<'vtab> VTab<'vtab> for ModelsTab {
 // SAFETY: `RowsCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` first.
 unsafe impl VTabCursor for RowsCursor {
     fn filter(&mut self, n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
-        crate::table::vtab::guard("phenix_models/phenix_embed_molecules xFilter", || {
+        crate::error::catch_panic("phenix_models/phenix_embed_molecules xFilter", || {
             self.pos = 0;
             self.rows = if n == 7 {
                 embed_rows(self.db, args)?
@@ -372,7 +372,9 @@ unsafe impl VTabCursor for RowsCursor {
         self.pos >= self.rows.len()
     }
     fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
-        ctx.set_result(self.rows[self.pos].get(i as usize).unwrap_or(&Value::Null))
+        crate::error::catch_panic("phenix_models xColumn", || {
+            ctx.set_result(self.rows[self.pos].get(i as usize).unwrap_or(&Value::Null))
+        })
     }
     fn rowid(&self) -> rusqlite::Result<i64> {
         Ok(self.pos as i64 + 1)

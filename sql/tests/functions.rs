@@ -511,3 +511,9 @@ fn mean_is_also_a_window_function() {
         }
     }
 }
+
+#[test]
+fn the_bundled_sqlite_is_the_documented_one() {
+    // docs/sql.md, "Supported hosts": rusqlite 0.40.0's bundled SQLite.
+    assert_eq!(text(one(&conn(), "SELECT sqlite_version()")), "3.53.2");
+}

@@ -16,24 +16,17 @@ use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use vtab::PhenixTab;
 
-/// Sets a vtab's error message (allocated with `sqlite3_malloc`, as SQLite requires).
+/// Sets a vtab's error message (SQLite frees it with `sqlite3_free`).
 ///
 /// # Safety
 /// `vt` must be a live `sqlite3_vtab` handed to us by SQLite.
 unsafe fn set_err(vt: *mut ffi::sqlite3_vtab, msg: &str) {
-    let c = std::ffi::CString::new(msg.replace('\0', " ")).unwrap_or_default();
-    // SAFETY: `vt` is live (caller); the previous message, if any, was allocated by SQLite's allocator;
-    // the copy writes `bytes.len()` bytes into a fresh allocation of that size.
+    // SAFETY: `vt` is live (caller); a previous message, if any, came from SQLite's allocator.
     unsafe {
         if !(*vt).zErrMsg.is_null() {
             ffi::sqlite3_free((*vt).zErrMsg.cast());
         }
-        let bytes = c.as_bytes_with_nul();
-        let p = ffi::sqlite3_malloc(bytes.len() as c_int) as *mut u8;
-        if !p.is_null() {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
-        }
-        (*vt).zErrMsg = p as *mut c_char;
+        (*vt).zErrMsg = crate::error::sqlite_owned_cstring(msg);
     }
 }
 

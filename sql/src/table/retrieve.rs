@@ -3,13 +3,13 @@
 //! the batched GEMM path → query_rowid, rowid, rank, distance).
 
 use super::state::{self, TableState, DEAD};
-use super::vtab::{guard, lock_state};
+use super::vtab::lock_state;
 use super::{arg, owned};
 use rusqlite::vtab::Module;
 
 const RETRIEVE: Module<'static, RetrieveTab> = Module::eponymous_only_module();
 const RETRIEVE_ALL: Module<'static, RetrieveAllTab> = Module::eponymous_only_module();
-use crate::error::sql_error;
+use crate::error::{catch_panic, sql_error};
 use phenix_core::batch::{search_batch, BatchParams};
 use phenix_core::topk::Candidates;
 use rusqlite::functions::FunctionFlags;
@@ -199,10 +199,10 @@ unsafe impl<'vtab> VTab<'vtab> for RetrieveTab {
         _t: &[u8],
         _args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        guard("phenix_retrieve xConnect", || connect_tvf(db, false))
+        catch_panic("phenix_retrieve xConnect", || connect_tvf(db, false))
     }
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-        guard("phenix_retrieve xBestIndex", || {
+        catch_panic("phenix_retrieve xBestIndex", || {
             tvf_best_index(self.all, info)
         })
     }
@@ -233,12 +233,12 @@ unsafe impl<'vtab> VTab<'vtab> for RetrieveAllTab {
         _t: &[u8],
         _args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        guard("phenix_retrieve_all xConnect", || {
+        catch_panic("phenix_retrieve_all xConnect", || {
             connect_tvf(db, true).map(|(d, t)| (d, RetrieveAllTab(t)))
         })
     }
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-        guard("phenix_retrieve_all xBestIndex", || {
+        catch_panic("phenix_retrieve_all xBestIndex", || {
             tvf_best_index(true, info)
         })
     }
@@ -323,7 +323,7 @@ fn retrieve_all(
 // SAFETY: `RetrieveCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` first.
 unsafe impl VTabCursor for RetrieveCursor {
     fn filter(&mut self, _n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
-        guard("phenix_retrieve xFilter", || {
+        catch_panic("phenix_retrieve xFilter", || {
             // SAFETY: the cursor never outlives its table, which owns the connection.
             let conn = unsafe { &*self.conn };
             self.pos = 0;
@@ -354,15 +354,17 @@ unsafe impl VTabCursor for RetrieveCursor {
         self.pos >= self.rows.len()
     }
     fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
-        let (q, r, rank, d) = self.rows[self.pos];
-        let i = if self.all { i } else { i + 1 };
-        match i {
-            0 => ctx.set_result(&q),
-            1 => ctx.set_result(&r),
-            2 => ctx.set_result(&rank),
-            3 => ctx.set_result(&d),
-            _ => ctx.set_result(&Value::Null),
-        }
+        catch_panic("phenix_retrieve xColumn", || {
+            let (q, r, rank, d) = self.rows[self.pos];
+            let i = if self.all { i } else { i + 1 };
+            match i {
+                0 => ctx.set_result(&q),
+                1 => ctx.set_result(&r),
+                2 => ctx.set_result(&rank),
+                3 => ctx.set_result(&d),
+                _ => ctx.set_result(&Value::Null),
+            }
+        })
     }
     fn rowid(&self) -> rusqlite::Result<i64> {
         Ok(self.pos as i64 + 1)

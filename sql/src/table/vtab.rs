@@ -14,7 +14,7 @@
 use super::schema::TableDef;
 use super::state::{self, TableState, DEAD};
 use super::{arg, owned, table_err};
-use crate::error::sql_error;
+use crate::error::{catch_panic, sql_error};
 use crate::vector::parse_vector;
 use phenix_core::topk::{search, Candidates, SearchParams};
 use phenix_core::ElemType;
@@ -26,23 +26,7 @@ use rusqlite::vtab::{
 };
 use std::borrow::Cow;
 use std::ffi::{c_int, CStr, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// Runs `f`, turning a panic into an SQL error so that no panic unwinds into SQLite.
-pub fn guard<T>(what: &str, f: impl FnOnce() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(sql_error(format!("internal error in {what}: {msg}")))
-        }
-    }
-}
 
 /// One phenix table, as SQLite sees it.
 #[repr(C)]
@@ -137,11 +121,11 @@ unsafe impl<'vtab> VTab<'vtab> for PhenixTab {
         table: &[u8],
         args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        guard("xConnect", || Self::init(db, schema, table, args, false))
+        catch_panic("xConnect", || Self::init(db, schema, table, args, false))
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-        guard("xBestIndex", || {
+        catch_panic("xBestIndex", || {
             let def = lock(&self.state).def.clone();
             best_index(&def, info)
         })
@@ -168,17 +152,17 @@ impl CreateVTab<'_> for PhenixTab {
         table: &[u8],
         args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        guard("xCreate", || Self::init(db, schema, table, args, true))
+        catch_panic("xCreate", || Self::init(db, schema, table, args, true))
     }
 
     fn destroy(&self) -> rusqlite::Result<()> {
-        guard("xDestroy", || lock(&self.state).destroy())
+        catch_panic("xDestroy", || lock(&self.state).destroy())
     }
 }
 
 impl UpdateVTab<'_> for PhenixTab {
     fn delete(&mut self, arg: ValueRef<'_>) -> rusqlite::Result<()> {
-        guard("xUpdate (DELETE)", || {
+        catch_panic("xUpdate (DELETE)", || {
             let rowid = arg.as_i64()?;
             let mut st = lock(&self.state);
             st.begin_write()?;
@@ -204,7 +188,7 @@ impl UpdateVTab<'_> for PhenixTab {
     }
 
     fn insert(&mut self, args: &Inserts<'_>) -> rusqlite::Result<i64> {
-        guard("xUpdate (INSERT)", || {
+        catch_panic("xUpdate (INSERT)", || {
             let mut st = lock(&self.state);
             st.begin_write()?;
             let def = st.def.clone();
@@ -244,7 +228,7 @@ impl UpdateVTab<'_> for PhenixTab {
     }
 
     fn update(&mut self, args: &Updates<'_>) -> rusqlite::Result<()> {
-        guard("xUpdate (UPDATE)", || {
+        catch_panic("xUpdate (UPDATE)", || {
             let mut st = lock(&self.state);
             st.begin_write()?;
             let def = st.def.clone();
@@ -306,13 +290,13 @@ impl TransactionVTab<'_> for PhenixTab {
         Ok(())
     }
     fn sync(&mut self) -> rusqlite::Result<()> {
-        guard("xSync", || lock(&self.state).sync())
+        catch_panic("xSync", || lock(&self.state).sync())
     }
     fn commit(&mut self) -> rusqlite::Result<()> {
-        guard("xCommit", || lock(&self.state).commit())
+        catch_panic("xCommit", || lock(&self.state).commit())
     }
     fn rollback(&mut self) -> rusqlite::Result<()> {
-        guard("xRollback", || lock(&self.state).rollback())
+        catch_panic("xRollback", || lock(&self.state).rollback())
     }
 }
 
@@ -721,7 +705,7 @@ unsafe impl VTabCursor for PhenixCursor {
         idx_str: Option<&str>,
         args: &Filters<'_>,
     ) -> rusqlite::Result<()> {
-        guard("xFilter", || self.run(idx_num, idx_str.unwrap_or(""), args))
+        catch_panic("xFilter", || self.run(idx_num, idx_str.unwrap_or(""), args))
     }
 
     fn next(&mut self) -> rusqlite::Result<()> {
@@ -734,7 +718,7 @@ unsafe impl VTabCursor for PhenixCursor {
     }
 
     fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
-        guard("xColumn", || {
+        catch_panic("xColumn", || {
             let row = &self.rows[self.pos];
             let st = lock(&self.state);
             let ncols = st.def.columns.len() as c_int;
