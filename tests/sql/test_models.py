@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -200,3 +201,25 @@ def test_errors_are_clear_and_path_functions_are_direct_only(ext, tmp_path):
         """
     )
     assert c.execute("SELECT count(*) FROM mols").fetchone()[0] == 2
+
+
+def test_missing_runtime_library_is_a_clear_sql_error(ext, tmp_path):
+    """ONNX Runtime is loaded on first use; a bad ORT_DYLIB_PATH must be an SQL error, not a crash
+    (a fresh process, since the runtime is process-global)."""
+    script = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(':memory:'); c.enable_load_extension(True); c.load_extension(sys.argv[1])\n"
+        "print(c.execute(\"SELECT phenix_fingerprint('CCO', 2, 1024)\").fetchone()[0])\n"
+        "try:\n"
+        "    c.execute(\"SELECT phenix_embed_molecule('default', 'CCO', 1.0)\").fetchone()\n"
+        "    print('NO ERROR')\n"
+        "except sqlite3.OperationalError as e:\n"
+        "    print('ERROR', e)\n"
+    )
+    env = dict(os.environ, ORT_DYLIB_PATH=str(tmp_path / "no-such-libonnxruntime.so"), XDG_CACHE_HOME=str(tmp_path))
+    p = subprocess.run([sys.executable, "-c", script, str(ext)], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("[")  # the featurizer needs no runtime
+    assert lines[1].startswith("ERROR phenix:"), p.stdout
+    assert "no-such-libonnxruntime.so" in lines[1] and "ORT_DYLIB_PATH" in lines[1], lines[1]

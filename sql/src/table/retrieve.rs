@@ -269,7 +269,7 @@ fn retrieve_all(
             live.bitmap.iter().map(|s| (live.rowids[s], s)).collect();
         pairs.sort_unstable();
         let dim = q.def.layout.dim();
-        let n = q.store().len();
+        let n = q.visible_rows();
         let mut store = q.store();
         let view = store.view(n).map_err(|e| sql_error(format!("{f}: {e}")))?;
         let mut vecs = Vec::with_capacity(pairs.len() * dim);
@@ -290,7 +290,7 @@ fn retrieve_all(
         )));
     }
     t.refresh_for_read()?;
-    let n = t.store().len();
+    let n = t.visible_rows();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let hits = {
         let live = t

@@ -319,6 +319,18 @@ impl TableState {
         info_table(&self.schema, &self.name)
     }
 
+    /// Rows a scan may touch: the committed ones, plus this connection's own appends while it is
+    /// writing. Rows past that may belong to another process's unfinished transaction and may be
+    /// truncated by it at any moment, so a reader never maps them into a scan.
+    pub fn visible_rows(&self) -> u64 {
+        let len = self.store().len();
+        if self.in_write {
+            len
+        } else {
+            self.committed.min(len)
+        }
+    }
+
     /// Locks the store.
     pub fn store(&self) -> std::sync::MutexGuard<'_, VectorStore> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())

@@ -621,7 +621,7 @@ impl PhenixCursor {
                 if let Some(m) = max_d {
                     params.max_distance = Some(if le { next_up(m) } else { m });
                 }
-                let n = st.store().len();
+                let n = st.visible_rows();
                 let hits = {
                     let mut store = st.store();
                     let view = store.view(n).map_err(|e| table_err(&st.name, e))?;
