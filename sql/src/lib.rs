@@ -37,6 +37,7 @@ pub mod functions;
 pub mod loading;
 pub mod models;
 pub mod table;
+pub mod tvf;
 pub mod vector;
 
 pub use error::{catch_panic, sql_error, sqlite_owned_cstring};

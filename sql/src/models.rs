@@ -7,17 +7,14 @@
 
 use crate::error::sql_error;
 use crate::functions::create_path_function;
+use crate::tvf::{TableFunction, Tvf};
 use crate::vector::{encode_f16, parse_vector};
 use phenix_core::ElemType;
 use phenix_models::{ExecutionProvider, Model, MorganFeaturizer, RuntimeOptions};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module,
-    VTab, VTabConfig, VTabConnection, VTabCursor,
-};
+use rusqlite::vtab::Module;
 use rusqlite::Connection;
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_int, CStr};
 use std::path::PathBuf;
@@ -238,8 +235,10 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
             .map_err(|e| sql_error(format!("{f}: {e}")))?;
         Ok(Value::Blob(encode_f16(&v)))
     })?;
+    const MODELS: Module<'static, Tvf<ModelsFn>> = Module::eponymous_only_module();
+    const EMBED: Module<'static, Tvf<EmbedMoleculesFn>> = Module::eponymous_only_module();
     conn.create_module("phenix_models", &MODELS, None)?;
-    conn.create_module("phenix_embed_molecules", &EMBED_MOLECULES, None)?;
+    conn.create_module("phenix_embed_molecules", &EMBED, None)?;
     Ok(())
 }
 
@@ -299,85 +298,32 @@ fn load_fn(
 // ------------------------------------------------------------------------------------------------
 // phenix_models: name, path, dim, provider, featurizer
 
-const MODELS: Module<'static, ModelsTab> = Module::eponymous_only_module();
-const EMBED_MOLECULES: Module<'static, EmbedTab> = Module::eponymous_only_module();
+/// `phenix_models`: the registered models.
+pub struct ModelsFn;
 
-/// The `phenix_models` table.
-#[repr(C)]
-pub struct ModelsTab {
-    base: sqlite3_vtab,
-}
-
-/// Rows of materialised values.
-#[repr(C)]
-pub struct RowsCursor {
-    base: sqlite3_vtab_cursor,
-    /// The connection handle (for `phenix_embed_molecules`'s inner query), 0 if unused.
-    db: usize,
-    rows: Vec<Vec<Value>>,
-    pos: usize,
-}
-
-// SAFETY: `ModelsTab` is `#[repr(C)]` with `sqlite3_vtab` first.
-unsafe impl<'vtab> VTab<'vtab> for ModelsTab {
-    type Aux = ();
-    type Cursor = RowsCursor;
-    fn connect(
-        _db: &mut VTabConnection,
-        _aux: Option<&()>,
-        _m: &[u8],
-        _s: &[u8],
-        _t: &[u8],
-        _a: &[&[u8]],
-    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        Ok((
-            Cow::Borrowed(c"CREATE TABLE x(name TEXT, path TEXT, dim INTEGER, provider TEXT, featurizer TEXT)"),
-            ModelsTab {
-                base: sqlite3_vtab::default(),
-            },
-        ))
-    }
-    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-        info.set_estimated_cost(10.0);
-        Ok(true)
-    }
-    fn open(&'vtab mut self) -> rusqlite::Result<RowsCursor> {
-        Ok(RowsCursor {
-            base: sqlite3_vtab_cursor::default(),
-            db: 0,
-            rows: Vec::new(),
-            pos: 0,
-        })
+impl TableFunction for ModelsFn {
+    const NAME: &'static str = "phenix_models";
+    const DECL: &'static CStr =
+        c"CREATE TABLE x(name TEXT, path TEXT, dim INTEGER, provider TEXT, featurizer TEXT)";
+    const VISIBLE: c_int = 5;
+    const ARGS: c_int = 0;
+    fn rows(_conn: &Connection, _args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
+        models_rows()
     }
 }
 
-// SAFETY: `RowsCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` first.
-unsafe impl VTabCursor for RowsCursor {
-    fn filter(&mut self, n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
-        crate::error::catch_panic("phenix_models/phenix_embed_molecules xFilter", || {
-            self.pos = 0;
-            self.rows = if n == 7 {
-                embed_rows(self.db, args)?
-            } else {
-                models_rows()?
-            };
-            Ok(())
-        })
-    }
-    fn next(&mut self) -> rusqlite::Result<()> {
-        self.pos += 1;
-        Ok(())
-    }
-    fn eof(&self) -> bool {
-        self.pos >= self.rows.len()
-    }
-    fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
-        crate::error::catch_panic("phenix_models xColumn", || {
-            ctx.set_result(self.rows[self.pos].get(i as usize).unwrap_or(&Value::Null))
-        })
-    }
-    fn rowid(&self) -> rusqlite::Result<i64> {
-        Ok(self.pos as i64 + 1)
+/// `phenix_embed_molecules(model, query)`: batched embedding of a query's rows.
+pub struct EmbedMoleculesFn;
+
+impl TableFunction for EmbedMoleculesFn {
+    const NAME: &'static str = "phenix_embed_molecules";
+    const DECL: &'static CStr = c"CREATE TABLE x(id, smiles TEXT, concentration REAL, embedding BLOB, model HIDDEN, query HIDDEN)";
+    const VISIBLE: c_int = 4;
+    const ARGS: c_int = 2;
+    // It runs SQL given as text: only from top-level SQL, never from a view or trigger.
+    const DIRECT_ONLY: bool = true;
+    fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
+        embed_rows(conn, args)
     }
 }
 
@@ -418,87 +364,12 @@ fn models_rows() -> rusqlite::Result<Vec<Vec<Value>>> {
         .collect())
 }
 
-// ------------------------------------------------------------------------------------------------
-// phenix_embed_molecules(model, 'SELECT [id,] smiles, concentration FROM ...'): batched embedding.
-
-/// The `phenix_embed_molecules` table-valued function.
-#[repr(C)]
-pub struct EmbedTab {
-    base: sqlite3_vtab,
-    db: usize,
-}
-
-// SAFETY: `EmbedTab` is `#[repr(C)]` with `sqlite3_vtab` first.
-unsafe impl<'vtab> VTab<'vtab> for EmbedTab {
-    type Aux = ();
-    type Cursor = RowsCursor;
-    fn connect(
-        db: &mut VTabConnection,
-        _aux: Option<&()>,
-        _m: &[u8],
-        _s: &[u8],
-        _t: &[u8],
-        _a: &[&[u8]],
-    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        // It runs SQL given as text: only from top-level SQL, never from a view or trigger.
-        db.config(VTabConfig::DirectOnly)?;
-        // SAFETY: only the handle's address is kept, to run the inner query on the same connection.
-        let handle = unsafe { db.handle() } as usize;
-        Ok((
-            Cow::Borrowed(c"CREATE TABLE x(id, smiles TEXT, concentration REAL, embedding BLOB, model HIDDEN, query HIDDEN)"),
-            EmbedTab {
-                base: sqlite3_vtab::default(),
-                db: handle,
-            },
-        ))
-    }
-    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-        let mut slots = [None, None];
-        for (i, c) in info.constraints().enumerate() {
-            let col = c.column() - 4;
-            if (0..2).contains(&col)
-                && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
-            {
-                if !c.is_usable() {
-                    return Ok(false);
-                }
-                slots[col as usize] = Some(i);
-            }
-        }
-        let (Some(a), Some(b)) = (slots[0], slots[1]) else {
-            return Ok(false);
-        };
-        for (n, i) in [a, b].into_iter().enumerate() {
-            let mut u = info.constraint_usage(i);
-            u.set_argv_index(n as c_int + 1);
-            u.set_omit(true);
-        }
-        info.set_idx_num(7);
-        info.set_estimated_cost(1000.0);
-        Ok(true)
-    }
-    fn open(&'vtab mut self) -> rusqlite::Result<RowsCursor> {
-        Ok(RowsCursor {
-            base: sqlite3_vtab_cursor::default(),
-            db: self.db,
-            rows: Vec::new(),
-            pos: 0,
-        })
-    }
-}
-
 /// Rows of the inner query, embedded in batches.
-fn embed_rows(handle: usize, args: &Filters<'_>) -> rusqlite::Result<Vec<Vec<Value>>> {
+fn embed_rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
     let f = "phenix_embed_molecules";
-    let name = text(crate::table::arg(args, 0), f, "argument 1 (model)")?.to_string();
-    let sql = text(crate::table::arg(args, 1), f, "argument 2 (query)")?.to_string();
+    let name = text(args[0], f, "argument 1 (model)")?.to_string();
+    let sql = text(args[1], f, "argument 2 (query)")?.to_string();
     let m = model(&name)?;
-    if handle == 0 {
-        return Err(sql_error(format!("{f}: no connection")));
-    }
-    // SAFETY: the handle is the connection running this statement; the non-owning wrapper is dropped
-    // before this call returns.
-    let conn = unsafe { Connection::from_handle(handle as *mut rusqlite::ffi::sqlite3) }?;
     let mut stmt = conn
         .prepare(&sql)
         .map_err(|e| sql_error(format!("{f}: the query does not prepare: {e}")))?;

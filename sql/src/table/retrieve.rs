@@ -2,24 +2,17 @@
 //! `phenix_retrieve_all(target_table, query_table, k)` (every vector of one table against another through
 //! the batched GEMM path → query_rowid, rowid, rank, distance).
 
+use super::owned;
 use super::state::{self, TableState, DEAD};
 use super::vtab::lock_state;
-use super::{arg, owned};
-use rusqlite::vtab::Module;
-
-const RETRIEVE: Module<'static, RetrieveTab> = Module::eponymous_only_module();
-const RETRIEVE_ALL: Module<'static, RetrieveAllTab> = Module::eponymous_only_module();
-use crate::error::{catch_panic, sql_error};
+use crate::error::sql_error;
+use crate::tvf::{TableFunction, Tvf};
 use phenix_core::batch::{search_batch, BatchParams};
 use phenix_core::topk::Candidates;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, VTab,
-    VTabConnection, VTabCursor,
-};
+use rusqlite::vtab::Module;
 use rusqlite::Connection;
-use std::borrow::Cow;
 use std::ffi::{c_int, CStr};
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +93,8 @@ fn retrieve(
 
 /// Registers the functions.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    const RETRIEVE: Module<'static, Tvf<RetrieveFn>> = Module::eponymous_only_module();
+    const RETRIEVE_ALL: Module<'static, Tvf<RetrieveAllFn>> = Module::eponymous_only_module();
     conn.create_module("phenix_retrieve", &RETRIEVE, None)?;
     conn.create_module("phenix_retrieve_all", &RETRIEVE_ALL, None)?;
     conn.create_scalar_function(
@@ -121,129 +116,51 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// Shared shape of both table-valued functions: materialised rows.
-#[repr(C)]
-pub struct RetrieveTab {
-    base: sqlite3_vtab,
-    conn: Connection,
-    all: bool,
-}
+/// `phenix_retrieve(table, query, k)` as a table: `(rowid, rank, distance)`.
+pub struct RetrieveFn;
 
-/// Cursor over materialised rows.
-#[repr(C)]
-pub struct RetrieveCursor {
-    base: sqlite3_vtab_cursor,
-    conn: *const Connection,
-    all: bool,
-    /// (query_rowid, rowid, rank, distance)
-    rows: Vec<(i64, i64, i64, f64)>,
-    pos: usize,
-}
-
-fn connect_tvf(
-    db: &mut VTabConnection,
-    all: bool,
-) -> rusqlite::Result<(Cow<'static, CStr>, RetrieveTab)> {
-    // SAFETY: a non-owning connection on the handle SQLite is connecting us to; dropped with the vtab.
-    let conn = unsafe { Connection::from_handle(db.handle()) }?;
-    let decl: &'static CStr = if all {
-        c"CREATE TABLE x(query_rowid INTEGER, rowid INTEGER, rank INTEGER, distance REAL, target_table HIDDEN, query_table HIDDEN, k HIDDEN)"
-    } else {
-        c"CREATE TABLE x(rowid INTEGER, rank INTEGER, distance REAL, tbl HIDDEN, query HIDDEN, k HIDDEN)"
-    };
-    Ok((
-        Cow::Borrowed(decl),
-        RetrieveTab {
-            base: sqlite3_vtab::default(),
-            conn,
-            all,
-        },
-    ))
-}
-
-fn tvf_best_index(all: bool, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-    let first_hidden = if all { 4 } else { 3 };
-    let mut slots = [None; 3];
-    for (i, c) in info.constraints().enumerate() {
-        let col = c.column() - first_hidden;
-        if (0..3).contains(&col) && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ {
-            if !c.is_usable() {
-                return Ok(false);
-            }
-            slots[col as usize] = Some(i);
-        }
-    }
-    if slots.iter().any(|s| s.is_none()) {
-        // All three arguments are required.
-        info.set_estimated_cost(1e99);
-        return Ok(false);
-    }
-    for (n, i) in slots.iter().enumerate() {
-        let mut u = info.constraint_usage(i.expect("checked"));
-        u.set_argv_index(n as c_int + 1);
-        u.set_omit(true);
-    }
-    info.set_estimated_cost(10.0);
-    Ok(true)
-}
-
-// SAFETY: `RetrieveTab` is `#[repr(C)]` with `sqlite3_vtab` first.
-unsafe impl<'vtab> VTab<'vtab> for RetrieveTab {
-    type Aux = ();
-    type Cursor = RetrieveCursor;
-    fn connect(
-        db: &mut VTabConnection,
-        _aux: Option<&()>,
-        _m: &[u8],
-        _s: &[u8],
-        _t: &[u8],
-        _args: &[&[u8]],
-    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        catch_panic("phenix_retrieve xConnect", || connect_tvf(db, false))
-    }
-    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-        catch_panic("phenix_retrieve xBestIndex", || {
-            tvf_best_index(self.all, info)
-        })
-    }
-    fn open(&'vtab mut self) -> rusqlite::Result<RetrieveCursor> {
-        Ok(RetrieveCursor {
-            base: sqlite3_vtab_cursor::default(),
-            conn: &self.conn,
-            all: self.all,
-            rows: Vec::new(),
-            pos: 0,
-        })
+impl TableFunction for RetrieveFn {
+    const NAME: &'static str = "phenix_retrieve";
+    const DECL: &'static CStr =
+        c"CREATE TABLE x(rowid INTEGER, rank INTEGER, distance REAL, tbl HIDDEN, query HIDDEN, k HIDDEN)";
+    const VISIBLE: c_int = 3;
+    const ARGS: c_int = 3;
+    fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
+        let f = Self::NAME;
+        let table = text_arg(args[0], f, "argument 1")?;
+        let k = k_arg(args[2], f)?;
+        Ok(retrieve(conn, &table, args[1], k)?
+            .into_iter()
+            .zip(1..)
+            .map(|((r, d), rank)| vec![Value::Integer(r), Value::Integer(rank), Value::Real(d)])
+            .collect())
     }
 }
 
-/// `phenix_retrieve_all` (same implementation, `all = true`).
-#[repr(C)]
-pub struct RetrieveAllTab(RetrieveTab);
+/// `phenix_retrieve_all(target_table, query_table, k)`: `(query_rowid, rowid, rank, distance)`.
+pub struct RetrieveAllFn;
 
-// SAFETY: `RetrieveAllTab` is `#[repr(C)]` around `RetrieveTab`, whose first field is `sqlite3_vtab`.
-unsafe impl<'vtab> VTab<'vtab> for RetrieveAllTab {
-    type Aux = ();
-    type Cursor = RetrieveCursor;
-    fn connect(
-        db: &mut VTabConnection,
-        _aux: Option<&()>,
-        _m: &[u8],
-        _s: &[u8],
-        _t: &[u8],
-        _args: &[&[u8]],
-    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        catch_panic("phenix_retrieve_all xConnect", || {
-            connect_tvf(db, true).map(|(d, t)| (d, RetrieveAllTab(t)))
-        })
-    }
-    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-        catch_panic("phenix_retrieve_all xBestIndex", || {
-            tvf_best_index(true, info)
-        })
-    }
-    fn open(&'vtab mut self) -> rusqlite::Result<RetrieveCursor> {
-        self.0.open()
+impl TableFunction for RetrieveAllFn {
+    const NAME: &'static str = "phenix_retrieve_all";
+    const DECL: &'static CStr = c"CREATE TABLE x(query_rowid INTEGER, rowid INTEGER, rank INTEGER, distance REAL, target_table HIDDEN, query_table HIDDEN, k HIDDEN)";
+    const VISIBLE: c_int = 4;
+    const ARGS: c_int = 3;
+    fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
+        let f = Self::NAME;
+        let target = text_arg(args[0], f, "target_table")?;
+        let queries = text_arg(args[1], f, "query_table")?;
+        let k = k_arg(args[2], f)?;
+        Ok(retrieve_all(conn, &target, &queries, k)?
+            .into_iter()
+            .map(|(q, r, rank, d)| {
+                vec![
+                    Value::Integer(q),
+                    Value::Integer(r),
+                    Value::Integer(rank),
+                    Value::Real(d),
+                ]
+            })
+            .collect())
     }
 }
 
@@ -318,55 +235,4 @@ fn retrieve_all(
         }
     }
     Ok(out)
-}
-
-// SAFETY: `RetrieveCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` first.
-unsafe impl VTabCursor for RetrieveCursor {
-    fn filter(&mut self, _n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
-        catch_panic("phenix_retrieve xFilter", || {
-            // SAFETY: the cursor never outlives its table, which owns the connection.
-            let conn = unsafe { &*self.conn };
-            self.pos = 0;
-            if self.all {
-                let f = "phenix_retrieve_all";
-                let target = text_arg(arg(args, 0), f, "target_table")?;
-                let queries = text_arg(arg(args, 1), f, "query_table")?;
-                let k = k_arg(arg(args, 2), f)?;
-                self.rows = retrieve_all(conn, &target, &queries, k)?;
-            } else {
-                let f = "phenix_retrieve";
-                let table = text_arg(arg(args, 0), f, "argument 1")?;
-                let k = k_arg(arg(args, 2), f)?;
-                self.rows = retrieve(conn, &table, arg(args, 1), k)?
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (r, d))| (0, r, i as i64 + 1, d))
-                    .collect();
-            }
-            Ok(())
-        })
-    }
-    fn next(&mut self) -> rusqlite::Result<()> {
-        self.pos += 1;
-        Ok(())
-    }
-    fn eof(&self) -> bool {
-        self.pos >= self.rows.len()
-    }
-    fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
-        catch_panic("phenix_retrieve xColumn", || {
-            let (q, r, rank, d) = self.rows[self.pos];
-            let i = if self.all { i } else { i + 1 };
-            match i {
-                0 => ctx.set_result(&q),
-                1 => ctx.set_result(&r),
-                2 => ctx.set_result(&rank),
-                3 => ctx.set_result(&d),
-                _ => ctx.set_result(&Value::Null),
-            }
-        })
-    }
-    fn rowid(&self) -> rusqlite::Result<i64> {
-        Ok(self.pos as i64 + 1)
-    }
 }

@@ -1,0 +1,158 @@
+//! One implementation of SQLite's eponymous table-valued functions for phenix: a [`TableFunction`]
+//! says which columns it declares, which hidden columns are its arguments and how to compute its
+//! rows; [`Tvf`] does the rest (argument planning in xBestIndex, materialised rows, panics caught).
+//!
+//! Register one with a `const` module in the caller, which makes the `&'static` SQLite needs:
+//!
+//! ```text
+//! const M: Module<'static, Tvf<MyFn>> = Module::eponymous_only_module();
+//! conn.create_module("my_fn", &M, None)?;
+//! ```
+
+use crate::error::catch_panic;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::vtab::{
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, VTab,
+    VTabConfig, VTabConnection, VTabCursor,
+};
+use rusqlite::Connection;
+use std::borrow::Cow;
+use std::ffi::{c_int, CStr};
+use std::marker::PhantomData;
+
+/// A table-valued function whose rows are computed at once from its arguments.
+pub trait TableFunction: 'static {
+    /// The SQL name, for messages.
+    const NAME: &'static str;
+    /// The declared schema: visible columns, then the hidden argument columns.
+    const DECL: &'static CStr;
+    /// Number of visible columns (the arguments are the hidden columns after them, in order).
+    const VISIBLE: c_int;
+    /// Number of arguments; all are required (`name(a, b, ...)`).
+    const ARGS: c_int;
+    /// Whether the function may only be called from top-level SQL (not views or triggers).
+    const DIRECT_ONLY: bool = false;
+    /// The rows for `args` (one value per visible column each), run on the calling connection.
+    fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>>;
+}
+
+/// The virtual table of a [`TableFunction`].
+#[repr(C)]
+pub struct Tvf<F: TableFunction> {
+    base: sqlite3_vtab,
+    /// A non-owning connection on the handle SQLite connected this table to.
+    conn: Connection,
+    f: PhantomData<F>,
+}
+
+/// Its cursor over materialised rows.
+#[repr(C)]
+pub struct TvfCursor<F: TableFunction> {
+    base: sqlite3_vtab_cursor,
+    conn: *const Connection,
+    rows: Vec<Vec<Value>>,
+    pos: usize,
+    f: PhantomData<F>,
+}
+
+// SAFETY: `Tvf` is `#[repr(C)]` with `sqlite3_vtab` as its first field.
+unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
+    type Aux = ();
+    type Cursor = TvfCursor<F>;
+
+    fn connect(
+        db: &mut VTabConnection,
+        _aux: Option<&()>,
+        _module: &[u8],
+        _schema: &[u8],
+        _table: &[u8],
+        _args: &[&[u8]],
+    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
+        catch_panic(F::NAME, || {
+            if F::DIRECT_ONLY {
+                db.config(VTabConfig::DirectOnly)?;
+            } else {
+                db.config(VTabConfig::Innocuous)?;
+            }
+            // SAFETY: the wrapper never closes the handle and is dropped with this table, before
+            // SQLite closes the connection.
+            let conn = unsafe { Connection::from_handle(db.handle()) }?;
+            Ok((
+                Cow::Borrowed(F::DECL),
+                Tvf {
+                    base: sqlite3_vtab::default(),
+                    conn,
+                    f: PhantomData,
+                },
+            ))
+        })
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+        catch_panic(F::NAME, || {
+            let mut slots = vec![None; F::ARGS as usize];
+            for (i, c) in info.constraints().enumerate() {
+                let arg = c.column() - F::VISIBLE;
+                if (0..F::ARGS).contains(&arg)
+                    && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+                {
+                    if !c.is_usable() {
+                        return Ok(false);
+                    }
+                    slots[arg as usize] = Some(i);
+                }
+            }
+            // Every argument is required; a plan without one is unusable.
+            let Some(slots) = slots.into_iter().collect::<Option<Vec<usize>>>() else {
+                return Ok(false);
+            };
+            for (n, i) in (1..).zip(slots) {
+                let mut u = info.constraint_usage(i);
+                u.set_argv_index(n);
+                u.set_omit(true);
+            }
+            info.set_estimated_cost(10.0);
+            Ok(true)
+        })
+    }
+
+    fn open(&'vtab mut self) -> rusqlite::Result<TvfCursor<F>> {
+        Ok(TvfCursor {
+            base: sqlite3_vtab_cursor::default(),
+            conn: &self.conn,
+            rows: Vec::new(),
+            pos: 0,
+            f: PhantomData,
+        })
+    }
+}
+
+// SAFETY: `TvfCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` as its first field.
+unsafe impl<F: TableFunction> VTabCursor for TvfCursor<F> {
+    fn filter(&mut self, _n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+        catch_panic(F::NAME, || {
+            // SAFETY: a cursor never outlives its table, which owns the connection wrapper.
+            let conn = unsafe { &*self.conn };
+            let vals: Vec<ValueRef<'_>> = args.iter().collect();
+            self.rows = F::rows(conn, &vals)?;
+            self.pos = 0;
+            Ok(())
+        })
+    }
+    fn next(&mut self) -> rusqlite::Result<()> {
+        self.pos += 1;
+        Ok(())
+    }
+    fn eof(&self) -> bool {
+        self.pos >= self.rows.len()
+    }
+    fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
+        catch_panic(F::NAME, || {
+            let v = self.rows.get(self.pos).and_then(|r| r.get(i as usize));
+            ctx.set_result(v.unwrap_or(&Value::Null))
+        })
+    }
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(self.pos as i64 + 1)
+    }
+}
