@@ -8,7 +8,10 @@ use rusqlite::Connection;
 use std::time::Duration;
 
 fn drugs() -> Vec<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/molecules/approved_drugs.csv");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/molecules/approved_drugs.csv"
+    );
     let text = std::fs::read_to_string(path).expect("approved_drugs.csv");
     let mut out = Vec::new();
     for line in text.lines().skip(1) {
@@ -36,9 +39,11 @@ fn embed(c: &mut Criterion) {
     }
     // Load the model (and ONNX Runtime) outside the measurement.
     let _: Vec<u8> = conn
-        .query_row("SELECT phenix_embed_molecule('default', 'CCO', 1.0)", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT phenix_embed_molecule('default', 'CCO', 1.0)",
+            [],
+            |r| r.get(0),
+        )
         .expect("warm up");
     let mut g = c.benchmark_group("embed_approved_drugs_default_model");
     g.sample_size(10).measurement_time(Duration::from_secs(15));
