@@ -1,7 +1,8 @@
 //! Molecules per second through SQL with the shipped default model (featurize + ONNX): the per-row
 //! `phenix_embed_molecule` path and the batched `phenix_embed_molecules` path, over the 2,628 approved
 //! drugs at 10 µM. The Python baseline doing the same work (RDKit + onnxruntime, batches of 256) is
-//! `benches/python/embed_baseline.py`. Run: `cargo bench -p phenix-benches --bench embed`.
+//! `benches/python/embed_baseline.py`. Also the featurizer alone on 1 and 2 threads.
+//! Run: `cargo bench -p phenix-benches --bench embed`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rusqlite::Connection;
@@ -63,5 +64,33 @@ fn embed(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, embed);
+/// The featurizer alone (SMILES → 2,048 Morgan bits, RDKit-identical), on 1 and 2 threads.
+fn featurize(c: &mut Criterion) {
+    let smiles = drugs();
+    let fp = phenix_models::MorganFeaturizer::new(2, 2048).expect("featurizer");
+    let mut g = c.benchmark_group("featurize_approved_drugs_r2_2048");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(smiles.len() as u64));
+    for threads in [1usize, 2] {
+        g.bench_function(format!("threads_{threads}"), |b| {
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    for part in smiles.chunks(smiles.len().div_ceil(threads)) {
+                        let fp = &fp;
+                        s.spawn(move || {
+                            let mut out = vec![0f32; 2048];
+                            for m in part {
+                                fp.features_into(m, &mut out).expect("valid SMILES");
+                            }
+                            out[0]
+                        });
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, embed, featurize);
 criterion_main!(benches);
