@@ -307,6 +307,8 @@ impl TableFunction for ModelsFn {
         c"CREATE TABLE x(name TEXT, path TEXT, dim INTEGER, provider TEXT, featurizer TEXT)";
     const VISIBLE: c_int = 5;
     const ARGS: c_int = 0;
+    const COST: f64 = 10.0;
+    const ROWS: i64 = 2;
     fn rows(_conn: &Connection, _args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
         models_rows()
     }
@@ -322,6 +324,9 @@ impl TableFunction for EmbedMoleculesFn {
     const ARGS: c_int = 2;
     // It runs SQL given as text: only from top-level SQL, never from a view or trigger.
     const DIRECT_ONLY: bool = true;
+    // It embeds every row of its query: the most expensive thing in any join it is part of.
+    const COST: f64 = 1e9;
+    const ROWS: i64 = 100_000;
     fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
         embed_rows(conn, args)
     }

@@ -32,6 +32,11 @@ pub trait TableFunction: 'static {
     const ARGS: c_int;
     /// Whether the function may only be called from top-level SQL (not views or triggers).
     const DIRECT_ONLY: bool = false;
+    /// The planner's cost of one call. Every call recomputes all rows, so a function that does real
+    /// work must say so, or SQLite puts it in the inner loop of a join and reruns it per outer row.
+    const COST: f64 = 1e6;
+    /// The planner's row estimate of one call.
+    const ROWS: i64 = 1000;
     /// The rows for `args` (one value per visible column each), run on the calling connection.
     fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>>;
 }
@@ -111,7 +116,8 @@ unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
                 u.set_argv_index(n);
                 u.set_omit(true);
             }
-            info.set_estimated_cost(10.0);
+            info.set_estimated_cost(F::COST);
+            info.set_estimated_rows(F::ROWS);
             Ok(true)
         })
     }

@@ -1,0 +1,310 @@
+"""Train phenix's molecule <-> phenotype encoders on the simulated screen (MolPhenix recipe).
+
+Default run (writes the shipped bundle, see docs/science.md for measured numbers and timings)::
+
+    nice -n 10 .venv/bin/python models/training/train.py --out models/default
+
+Splits (from one ``--seed``):
+
+* ``scaffold``: Murcko-scaffold groups are shuffled and assigned to test (10 % of molecules),
+  validation (10 %) and train (rest); acyclic molecules (empty scaffold) always train.
+* ``unseen_replicates``: 10 % of the *training* molecules lose their last replicate (all doses)
+  from training; those single wells are the queries.
+
+Evaluation: for every query profile, rank every (molecule, concentration) candidate of its split
+by cosine similarity; top-x % recall = fraction of queries whose true pair ranks within the first
+ceil(x/100 * n_candidates) (ties count half).  Reported on all queries and on the queries whose pair
+was called active from replicates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model as M  # noqa: E402
+from molecules import load_molecules  # noqa: E402
+from simulator import Screen, SimConfig, simulate  # noqa: E402
+
+TOP_X = (0.01, 0.05)
+
+
+@dataclass
+class TrainConfig:
+    loss: str = "infonce"
+    concentration: str = "one_hot"
+    averaging: str = "random_subset"  # none | mean | random_subset
+    seed: int = 0  # split + init + batches
+    steps: int = 3000
+    batch: int = 512
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.05
+    dropout: float = 0.5  # on the hidden layer of both towers
+    hidden: int = 1024
+    dim: int = 256
+    tau: float = 0.6  # S2L / CWCL weight threshold
+    test_frac: float = 0.1
+    val_frac: float = 0.1
+    heldout_rep_frac: float = 0.1
+
+
+# ---------------------------------------------------------------- data preparation
+
+@dataclass
+class Prepared:
+    screen: Screen
+    split: np.ndarray  # per molecule: 0 train, 1 val, 2 test
+    rep_holdout_mol: np.ndarray  # bool per molecule: last replicate withheld from training
+    avail: np.ndarray  # bool [n_pair, n_rep] wells usable for training
+    train_pairs: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    profiles: np.ndarray  # standardised [n_pair, n_rep, D]
+    fp: np.ndarray  # float32 [n_mol, n_bits]
+
+
+def scaffold_split(scaffolds: np.ndarray, seed: int, test_frac: float, val_frac: float) -> np.ndarray:
+    rng = np.random.default_rng(seed + 7919)
+    uniq, inv = np.unique(scaffolds, return_inverse=True)
+    n = len(scaffolds)
+    split = np.zeros(n, dtype=np.int64)
+    counts = np.bincount(inv)
+    n_test = n_val = 0
+    for g in rng.permutation(len(uniq)):
+        if uniq[g] == "":
+            continue
+        if n_test + counts[g] <= test_frac * n:
+            split[inv == g] = 2
+            n_test += counts[g]
+        elif n_val + counts[g] <= val_frac * n:
+            split[inv == g] = 1
+            n_val += counts[g]
+        if n_test >= test_frac * n - 1 and n_val >= val_frac * n - 1:
+            break
+    return split
+
+
+def prepare(screen: Screen, cfg: TrainConfig) -> Prepared:
+    n_mol = len(screen.mol_index)
+    n_rep = screen.profiles.shape[1]
+    split = scaffold_split(screen.scaffolds, cfg.seed, cfg.test_frac, cfg.val_frac)
+    rng = np.random.default_rng(cfg.seed + 104729)
+    train_mols = np.flatnonzero(split == 0)
+    hold = np.zeros(n_mol, bool)
+    hold[rng.choice(train_mols, int(cfg.heldout_rep_frac * len(train_mols)), replace=False)] = True
+    avail = np.ones((len(screen.pair_mol), n_rep), bool)
+    avail[hold[screen.pair_mol], n_rep - 1] = False
+    train_pairs = np.flatnonzero(split[screen.pair_mol] == 0)
+    w = screen.profiles[train_pairs][avail[train_pairs]]
+    center = w.mean(0).astype(np.float32)
+    scale = (w.std(0) + 1e-6).astype(np.float32)
+    profiles = ((screen.profiles - center) / scale).astype(np.float32)
+    return Prepared(screen, split, hold, avail, train_pairs, center, scale, profiles,
+                    screen.fingerprints.astype(np.float32))
+
+
+def average_replicates(prof, avail, mode: str, rng) -> np.ndarray:
+    """prof [B, R, D], avail [B, R] -> [B, D] according to the averaging mode."""
+    B, R, _ = prof.shape
+    if mode == "mean":
+        m = avail
+    else:
+        if mode == "random_subset":
+            m = avail & (rng.random((B, R)) < 0.5)
+        elif mode == "none":
+            m = np.zeros((B, R), bool)
+        else:
+            raise ValueError(mode)
+        # guarantee one available replicate per row
+        pick = np.argmax(avail * rng.random((B, R)), axis=1)
+        m[np.arange(B), pick] = True
+    m = m.astype(np.float32)
+    return (prof * m[:, :, None]).sum(1) / m.sum(1, keepdims=True)
+
+
+# ---------------------------------------------------------------- training
+
+def train(prep: Prepared, cfg: TrainConfig, progress: bool = True, log_every: int = 250):
+    scr = prep.screen
+    spec = M.concentration_spec(cfg.concentration, scr.config.doses_um)
+    dose_feats = M.encode_concentration(spec, scr.doses_um)
+    key = jax.random.PRNGKey(cfg.seed)
+    key, k0 = jax.random.split(key)
+    params = M.init_params(k0, prep.fp.shape[1], dose_feats.shape[1], prep.profiles.shape[2], cfg.hidden, cfg.dim,
+                           cfg.loss)
+    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, max(cfg.steps, cfg.warmup + 1), cfg.lr * 0.02)
+    opt = optax.adamw(sched, weight_decay=cfg.weight_decay)
+    opt_state = opt.init(params)
+
+    def loss_fn(p, fp, cf, prof, prof_w, pos, k):
+        k1, k2 = jax.random.split(k)
+        zm = M.molecule_embed(p, fp, cf, k1, cfg.dropout)
+        zp = M.phenomics_embed(p, prof, k2, cfg.dropout)
+        return M.contrastive_loss(cfg.loss, p, zm, zp, pos, prof_w, cfg.tau)
+
+    @jax.jit
+    def step(p, s, fp, cf, prof, prof_w, pos, k):
+        val, g = jax.value_and_grad(loss_fn)(p, fp, cf, prof, prof_w, pos, k)
+        upd, s = opt.update(g, s, p)
+        return optax.apply_updates(p, upd), s, val
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    tp = prep.train_pairs
+    history = []
+    t0 = time.time()
+    it = tqdm(range(cfg.steps), desc=f"{cfg.loss}/{cfg.concentration}/{cfg.averaging} s{cfg.seed}",
+              disable=not progress, mininterval=2.0)
+    run = 0.0
+    for i in it:
+        b = tp[rng.choice(len(tp), cfg.batch, replace=False)]
+        mol = scr.pair_mol[b]
+        prof = average_replicates(prep.profiles[b], prep.avail[b], cfg.averaging, rng)
+        # S2L / CWCL soft targets use the pair's mean over all its training replicates (the
+        # denoised phenotype), independent of the averaging mode of the input
+        prof_w = average_replicates(prep.profiles[b], prep.avail[b], "mean", rng) if cfg.loss in ("s2l", "cwcl") \
+            else prof
+        cls = mol if cfg.concentration == "none" else b
+        pos = (cls[:, None] == cls[None, :]).astype(np.float32)
+        key, k = jax.random.split(key)
+        params, opt_state, val = step(params, opt_state, prep.fp[mol], dose_feats[scr.pair_dose[b]], prof, prof_w, pos,
+                                        k)
+        if (i + 1) % 50 == 0 or i == cfg.steps - 1:
+            run = float(val)
+            it.set_postfix(loss=f"{run:.4f}")
+        if (i + 1) % log_every == 0:
+            history.append({"step": i + 1, "loss": float(val), "seconds": time.time() - t0})
+    return params, spec, {"train_seconds": time.time() - t0, "history": history}
+
+
+# ---------------------------------------------------------------- evaluation
+
+_mol_fwd = jax.jit(M.molecule_embed)
+_phen_fwd = jax.jit(M.phenomics_embed)
+
+
+def embed_pairs(params, prep: Prepared, spec: dict, pairs: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    scr = prep.screen
+    feats = M.encode_concentration(spec, scr.doses_um)
+    out = []
+    for s in range(0, len(pairs), chunk):
+        b = pairs[s:s + chunk]
+        out.append(np.asarray(_mol_fwd(params, prep.fp[scr.pair_mol[b]], feats[scr.pair_dose[b]])))
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def embed_profiles(params, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    return np.concatenate([np.asarray(_phen_fwd(params, x[s:s + chunk])) for s in range(0, len(x), chunk)])
+
+
+def ranks(q: np.ndarray, c: np.ndarray, true_idx: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Rank (0 = best) of the true candidate for each query; ties with other candidates count half."""
+    out = np.empty(len(q), np.float64)
+    for s in range(0, len(q), chunk):
+        S = q[s:s + chunk] @ c.T
+        t = S[np.arange(len(S)), true_idx[s:s + chunk]][:, None]
+        out[s:s + chunk] = (S > t).sum(1) + 0.5 * ((S == t).sum(1) - 1)
+    return out
+
+
+def recall_at(r: np.ndarray, n_cand: int, x: float) -> float:
+    return float(np.mean(r < math.ceil(x * n_cand))) if len(r) else float("nan")
+
+
+def split_queries(prep: Prepared, which: str):
+    """(query profiles, candidate pairs, index of the true candidate, active flag) for a split."""
+    scr = prep.screen
+    R = scr.profiles.shape[1]
+    if which in ("scaffold", "val"):
+        mols = np.flatnonzero(prep.split == (2 if which == "scaffold" else 1))
+        pairs = np.flatnonzero(np.isin(scr.pair_mol, mols))
+        q = prep.profiles[pairs].mean(1)
+    elif which == "unseen_replicates":
+        pairs = np.flatnonzero(prep.rep_holdout_mol[scr.pair_mol])
+        q = prep.profiles[pairs, R - 1]
+    else:
+        raise ValueError(which)
+    return q, pairs, np.arange(len(pairs)), scr.active[pairs]
+
+
+def evaluate(params, prep: Prepared, spec: dict, splits=("scaffold", "unseen_replicates"), keep_ranks=False) -> dict:
+    res = {}
+    for sp in splits:
+        q, pairs, true_idx, act = split_queries(prep, sp)
+        c = embed_pairs(params, prep, spec, pairs)
+        r = ranks(embed_profiles(params, q), c, true_idx)
+        n = len(pairs)
+        d = {"n_candidates": int(n), "n_queries": int(len(q)), "n_active_queries": int(act.sum())}
+        for x in TOP_X:
+            tag = f"top{int(round(x * 100))}"
+            d[f"{tag}_all"] = recall_at(r, n, x)
+            d[f"{tag}_active"] = recall_at(r[act], n, x)
+        if keep_ranks:
+            d["_ranks"] = r
+            d["_active"] = act
+        res[sp] = d
+    return res
+
+
+# ---------------------------------------------------------------- CLI
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None, help="write the bundle here (e.g. models/default)")
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--n-molecules", type=int, default=0, help="subsample molecules (0 = all)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--metrics-json", type=Path, default=None)
+    for k, v in asdict(TrainConfig()).items():
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
+    a = ap.parse_args(argv)
+    cfg = TrainConfig(**{k: getattr(a, k) for k in asdict(TrainConfig())})
+    t0 = time.time()
+    ms = load_molecules()
+    scr = simulate(ms, SimConfig(seed=a.data_seed, n_molecules=a.n_molecules))
+    summ = scr.summary()
+    print("screen:", json.dumps(summ))
+    prep = prepare(scr, cfg)
+    t_sim = time.time() - t0
+    params, spec, info = train(prep, cfg, progress=not a.no_progress)
+    t1 = time.time()
+    metrics = evaluate(params, prep, spec, splits=("val", "scaffold", "unseen_replicates"))
+    t_eval = time.time() - t1
+    print(json.dumps(metrics, indent=1))
+    record = {"train_config": asdict(cfg), "sim_config": scr.config.to_dict(), "screen": summ, "metrics": metrics,
+              "timing_seconds": {"simulate_prepare": t_sim, "train": info["train_seconds"], "evaluate": t_eval},
+              "history": info["history"]}
+    if a.out is not None:
+        from export_onnx import export_bundle
+        cmd = "nice -n 10 .venv/bin/python models/training/train.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        diffs = export_bundle(params, prep, spec, cfg, a.out, command=cmd, data_seed=a.data_seed, metrics=metrics,
+                              screen_summary=summ)
+        record["onnx_max_abs_diff"] = diffs
+        print("onnx vs jax max abs diff:", diffs)
+    record["timing_seconds"]["total"] = time.time() - t0
+    if a.metrics_json:
+        a.metrics_json.parent.mkdir(parents=True, exist_ok=True)
+        a.metrics_json.write_text(json.dumps(record, indent=1))
+    print(f"total {time.time() - t0:.0f}s")
+    return record
+
+
+if __name__ == "__main__":
+    main()
