@@ -131,7 +131,7 @@ def test_rank_metric_matches_bruteforce():
     assert T.recall_at(np.array([0, 2, 3, 10.0]), 300, 0.01) == 0.5  # ceil(3) -> ranks 0, 1, 2 hit
 
 
-def test_reduced_training_and_onnx_export(screen, tmp_path):
+def test_reduced_training_and_onnx_export(molecules, screen, tmp_path):
     prep = T.prepare(screen, CI_TRAIN)
     params, spec, info = T.train(prep, CI_TRAIN, progress=False)
     m = T.evaluate(params, prep, spec, splits=("scaffold", "unseen_replicates"))
@@ -164,3 +164,28 @@ def test_reduced_training_and_onnx_export(screen, tmp_path):
     d2 = verify(tmp_path / "molecule.onnx", tmp_path / "phenomics.onnx", params, spec, prep.fp[:32],
                 np.full(32, 0.7), prep.profiles[:32, 1])
     assert max(d2.values()) < 1e-5
+
+    # The export round-trips through phenix itself: the built extension loads the bundle and embeds
+    # molecules and profiles like the training framework did (to float16 rounding).
+    import sqlite3
+
+    lib = HERE.parents[1] / "target" / "release" / "libphenix.so"
+    assert lib.exists(), f"{lib} is missing: build it with `cargo build --release -p phenix-extension`"
+    con = sqlite3.connect(":memory:")
+    con.enable_load_extension(True)
+    con.load_extension(str(lib))
+    con.execute("SELECT phenix_model_load('ci', ?)", (str(tmp_path),))
+    smiles = molecules.smiles[screen.mol_index[:16]]
+    doses = screen.doses_um
+    feats = M.encode_concentration(spec, np.full(16, doses[2]))
+    want_m = np.asarray(M.molecule_embed(params, prep.fp[:16], feats))
+    got_m = np.stack([
+        np.frombuffer(con.execute("SELECT phenix_embed_molecule('ci', ?, ?)", (str(s), float(doses[2]))).fetchone()[0], "<f2")
+        for s in smiles
+    ]).astype(np.float32)
+    assert np.abs(got_m - want_m).max() < 2e-3, np.abs(got_m - want_m).max()
+    got_p = np.stack([
+        np.frombuffer(con.execute("SELECT phenix_embed_phenomics('ci', ?)", (r.astype(np.float32).tobytes(),)).fetchone()[0], "<f2")
+        for r in raw[:16]
+    ]).astype(np.float32)
+    assert np.abs(got_p - emb[:16]).max() < 2e-3, np.abs(got_p - emb[:16]).max()
