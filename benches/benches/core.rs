@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use faer::{Accum, MatMut, MatRef, Par};
 use phenix_benches::{random_store, random_vec, read_and_sum};
-use phenix_core::batch::{search_batch, BatchParams, TILE_ROWS};
+use phenix_core::batch::{search_batch, TILE_ROWS};
 use phenix_core::topk::{search, SearchParams};
 use phenix_core::{ElemType, Kernels, Metric};
 use std::hint::black_box;
@@ -91,7 +91,7 @@ fn batched(c: &mut Criterion) {
         g.bench_function(
             BenchmarkId::new("phenix_search_batch_top10", threads),
             |b| {
-                let mut p = BatchParams::new(10);
+                let mut p = SearchParams::new(10);
                 p.threads = threads;
                 b.iter(|| black_box(search_batch(&view, &queries, &p).expect("batch")))
             },

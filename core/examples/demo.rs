@@ -4,7 +4,7 @@
 //! The vectors are synthetic (seeded clusters standing in for embeddings); the SQL demo replaces this
 //! once the SQL surface lands.
 
-use phenix_core::batch::{search_batch, BatchParams};
+use phenix_core::batch::search_batch;
 use phenix_core::store::{random_table_id, Layout, VectorStore};
 use phenix_core::topk::{search, SearchParams};
 use phenix_core::{ElemType, Kernels, Metric};
@@ -84,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let queries: Vec<f32> = (0..nq)
         .flat_map(|i| centres[(i % CLUSTERS) * DIM..(i % CLUSTERS + 1) * DIM].to_vec())
         .collect();
-    let mut bp = BatchParams::new(10);
+    let mut bp = SearchParams::new(10);
     bp.threads = 2;
     let t = Instant::now();
     let res = search_batch(&view, &queries, &bp)?;

@@ -14,7 +14,7 @@ use crate::bitmap::Bitmap;
 use crate::error::{Error, Result};
 use crate::kernels::{Kernels, Row};
 use crate::store::RowsView;
-use crate::topk::{Candidates, Hit, TopK};
+use crate::topk::{Candidates, Hit, SearchParams, TopK};
 use crate::types::Metric;
 use faer::{Accum, MatMut, MatRef, Par};
 use half::slice::HalfFloatSliceExt;
@@ -22,42 +22,12 @@ use half::slice::HalfFloatSliceExt;
 /// Rows per GEMM tile (1024 × 256 dims × 4 bytes = 1 MiB, which stays in L2).
 pub const TILE_ROWS: usize = 1024;
 
-/// A batched search request.
-#[derive(Clone, Copy, Debug)]
-pub struct BatchParams<'a> {
-    /// Rows per query (>= 1).
-    pub k: usize,
-    /// The metric; `None` uses the view's.
-    pub metric: Option<Metric>,
-    /// Which slots qualify.
-    pub candidates: Candidates<'a>,
-    /// Slots never returned.
-    pub deleted: Option<&'a Bitmap>,
-    /// Only rows with `distance < max_distance` qualify.
-    pub max_distance: Option<f32>,
-    /// Worker threads.
-    pub threads: usize,
-}
-
-impl BatchParams<'_> {
-    /// `k` nearest for every query, over every row, one thread.
-    pub fn new(k: usize) -> Self {
-        BatchParams {
-            k,
-            metric: None,
-            candidates: Candidates::All,
-            deleted: None,
-            max_distance: None,
-            threads: 1,
-        }
-    }
-}
-
-/// For each of the `queries.len() / dim` queries (row-major), its `k` nearest rows.
+/// For each of the `queries.len() / dim` queries (row-major), its `k` nearest rows. Takes the same
+/// parameters as [`crate::topk::search`]; `kernels` chooses the path that norms and re-scores.
 pub fn search_batch(
     view: &RowsView<'_>,
     queries: &[f32],
-    p: &BatchParams<'_>,
+    p: &SearchParams<'_>,
 ) -> Result<Vec<Vec<Hit>>> {
     let layout = view.layout();
     let dim = layout.dim();
@@ -80,7 +50,7 @@ pub fn search_batch(
     }
     let nq = queries.len() / dim;
     let metric = p.metric.unwrap_or(layout.metric());
-    let kernels = Kernels::best();
+    let kernels = p.kernels.unwrap_or_else(Kernels::best);
     if nq == 0 {
         return Ok(Vec::new());
     }
@@ -102,6 +72,7 @@ pub fn search_batch(
     let ntiles = rows.div_ceil(TILE_ROWS);
     let threads = p.threads.max(1).min(ntiles.max(1));
     let ctx = Ctx {
+        kernels,
         view,
         queries,
         qnorm: &qnorm,
@@ -165,6 +136,7 @@ fn part(n: usize, parts: usize, i: usize) -> (usize, usize) {
 }
 
 struct Ctx<'a, 'v> {
+    kernels: Kernels,
     view: &'a RowsView<'v>,
     queries: &'a [f32],
     qnorm: &'a [f32],
@@ -188,7 +160,7 @@ impl Ctx<'_, '_> {
         let mut dist = vec![0f32; TILE_ROWS];
         let mut ok = vec![true; TILE_ROWS];
         let qt = MatRef::from_row_major_slice(self.queries, nq, dim).transpose();
-        let kernels = Kernels::best();
+        let kernels = self.kernels;
         // The distance bound in selection-key space (squared for L2), with slack for GEMM rounding;
         // the exact bound is applied after re-scoring.
         let key_bound = match (self.max_distance, self.metric) {

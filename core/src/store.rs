@@ -523,40 +523,6 @@ impl VectorStore {
         self.append_encoded(&enc)
     }
 
-    /// Appends rows already encoded as `f16` (only for `f16` stores). Returns the slots of the new rows.
-    pub fn append_f16(&mut self, vectors: &[f16]) -> Result<Range<u64>> {
-        let l = self.header.layout;
-        if l.elem() != ElemType::F16 {
-            return Err(Error::InvalidArgument(format!(
-                "append_f16 on a {} store",
-                l.elem()
-            )));
-        }
-        if vectors.is_empty() || !vectors.len().is_multiple_of(l.dim()) {
-            return Err(Error::DimMismatch {
-                expected: l.dim(),
-                found: vectors.len(),
-            });
-        }
-        let stride = l.stride();
-        let n = vectors.len() / l.dim();
-        let mut out = vec![0u8; n * stride];
-        for (r, v) in vectors.chunks_exact(l.dim()).enumerate() {
-            for (i, x) in v.iter().enumerate() {
-                if !x.is_finite() {
-                    return Err(Error::ValueOutOfRange {
-                        index: i,
-                        value: x.to_f32(),
-                        elem: "float16",
-                        reason: "NaN and infinity are not stored",
-                    });
-                }
-                out[r * stride + 2 * i..r * stride + 2 * i + 2].copy_from_slice(&x.to_le_bytes());
-            }
-        }
-        self.append_encoded(&out)
-    }
-
     fn append_encoded(&mut self, enc: &[u8]) -> Result<Range<u64>> {
         let stride = self.header.layout.stride();
         let start = self.len();

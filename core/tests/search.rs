@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use phenix_core::batch::{search_batch, BatchParams};
+use phenix_core::batch::search_batch;
 use phenix_core::store::{Layout, VectorStore};
 use phenix_core::topk::{search, Candidates, SearchParams};
 use phenix_core::{Bitmap, ElemType, Isa, Kernels, Metric};
@@ -178,7 +178,7 @@ fn batched_search_returns_the_one_query_rows() {
             let queries = rng.vec(nq * 40, 1.0);
             let deleted = Bitmap::from_slots(n, (0..n as u64).filter(|i| i % 11 == 0));
             for threads in [1, 2] {
-                let mut bp = BatchParams::new(10);
+                let mut bp = SearchParams::new(10);
                 bp.threads = threads;
                 bp.deleted = Some(&deleted);
                 let got = search_batch(&view, &queries, &bp).unwrap();
@@ -211,7 +211,7 @@ fn batched_search_with_candidates_and_threshold() {
     let view = f.store.view(n as u64).unwrap();
     let queries = Rng(5).vec(5 * 16, 1.0);
     let slots: Vec<u64> = (0..n as u64).filter(|i| i % 10 == 1).collect();
-    let mut bp = BatchParams::new(20);
+    let mut bp = SearchParams::new(20);
     bp.candidates = Candidates::Slots(&slots);
     bp.max_distance = Some(0.9);
     let got = search_batch(&view, &queries, &bp).unwrap();

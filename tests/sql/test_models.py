@@ -105,15 +105,19 @@ def assert_f16_equal(got: np.ndarray, want: np.ndarray, what: str):
     assert not bad.any(), f"{what}: {bad.sum()} elements differ by more than one f16 ulp"
 
 
+def model_under_test(ext, test_bundle, which):
+    """(Python reference, connection with phenix loaded, model name) for the default or random bundle."""
+    bundle = ROOT / "models" / "default" if which == "default" else test_bundle
+    c = connect(ext)
+    if which == "default":
+        return PyModel(bundle), c, "default"
+    c.execute("SELECT phenix_model_load('rnd', ?)", (str(bundle),))
+    return PyModel(bundle), c, "rnd"
+
+
 @pytest.mark.parametrize("which", ["default", "random"])
 def test_embed_molecule_equals_python_for_every_approved_drug(ext, test_bundle, which):
-    bundle = ROOT / "models" / "default" if which == "default" else test_bundle
-    py = PyModel(bundle)
-    c = connect(ext)
-    name = "default"
-    if which == "random":
-        c.execute("SELECT phenix_model_load('rnd', ?)", (str(bundle),))
-        name = "rnd"
+    py, c, name = model_under_test(ext, test_bundle, which)
     want = py.embed_molecules(DRUGS, 10.0)
     got = np.stack([
         np.frombuffer(c.execute("SELECT phenix_embed_molecule(?, ?, 10.0)", (name, s)).fetchone()[0], dtype="<f2")
@@ -140,13 +144,7 @@ def test_embed_molecule_equals_python_for_every_approved_drug(ext, test_bundle, 
 
 @pytest.mark.parametrize("which", ["default", "random"])
 def test_embed_phenomics_equals_python(ext, test_bundle, which):
-    bundle = ROOT / "models" / "default" if which == "default" else test_bundle
-    py = PyModel(bundle)
-    c = connect(ext)
-    name = "default"
-    if which == "random":
-        c.execute("SELECT phenix_model_load('rnd', ?)", (str(bundle),))
-        name = "rnd"
+    py, c, name = model_under_test(ext, test_bundle, which)
     d = py.m["phenomics"]["input_dim"]
     x = np.random.default_rng(5).normal(size=(64, d)).astype(np.float32)
     want = py.embed_phenomics(x)

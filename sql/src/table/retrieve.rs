@@ -7,8 +7,8 @@ use super::state::{self, TableState, DEAD};
 use super::vtab::lock_state;
 use crate::error::sql_error;
 use crate::tvf::{TableFunction, Tvf};
-use phenix_core::batch::{search_batch, BatchParams};
-use phenix_core::topk::Candidates;
+use phenix_core::batch::search_batch;
+use phenix_core::topk::{Candidates, SearchParams};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::Module;
@@ -214,7 +214,7 @@ fn retrieve_all(
             .live
             .as_ref()
             .ok_or_else(|| sql_error("internal: live set not loaded"))?;
-        let mut p = BatchParams::new(k as usize);
+        let mut p = SearchParams::new(k as usize);
         p.candidates = Candidates::Bitmap(&live.bitmap);
         p.threads = threads;
         let mut store = t.store();
