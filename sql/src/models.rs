@@ -7,6 +7,7 @@
 
 use crate::error::sql_error;
 use crate::functions::create_path_function;
+use crate::table::text_arg;
 use crate::tvf::{TableFunction, Tvf};
 use crate::vector::{encode_f16, parse_vector};
 use phenix_core::ElemType;
@@ -148,16 +149,6 @@ fn featurizer(radius: u32, n_bits: usize) -> Result<Arc<MorganFeaturizer>, pheni
     Ok(f)
 }
 
-fn text<'a>(v: ValueRef<'a>, f: &str, what: &str) -> rusqlite::Result<&'a str> {
-    match v {
-        ValueRef::Text(t) => {
-            std::str::from_utf8(t).map_err(|_| sql_error(format!("{f}: {what} is not UTF-8")))
-        }
-        ValueRef::Null => Err(sql_error(format!("{f}: {what} is NULL; expected text"))),
-        _ => Err(sql_error(format!("{f}: {what} must be text"))),
-    }
-}
-
 fn number(v: ValueRef<'_>, f: &str, what: &str) -> rusqlite::Result<f64> {
     match v {
         ValueRef::Integer(i) => Ok(i as f64),
@@ -181,7 +172,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         | FunctionFlags::SQLITE_INNOCUOUS;
     conn.create_scalar_function("phenix_fingerprint", 3, pure, |ctx| {
         let f = "phenix_fingerprint";
-        let smiles = text(ctx.get_raw(0), f, "argument 1 (SMILES)")?;
+        let smiles = text_arg(ctx.get_raw(0), f, "argument 1 (SMILES)")?;
         let radius = int(ctx.get_raw(1), f, "argument 2 (radius)")?;
         let n_bits = int(ctx.get_raw(2), f, "argument 3 (number of bits)")?;
         if !(0..=16).contains(&radius) || !(1..=1 << 20).contains(&n_bits) {
@@ -195,7 +186,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     })?;
     create_path_function(conn, "phenix_model_load", 2, |ctx| load_fn(ctx, None))?;
     create_path_function(conn, "phenix_model_load", 3, |ctx| {
-        let opts = text(
+        let opts = text_arg(
             ctx.get_raw(2),
             "phenix_model_load",
             "argument 3 (options JSON)",
@@ -210,8 +201,8 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         | FunctionFlags::SQLITE_INNOCUOUS;
     conn.create_scalar_function("phenix_embed_molecule", 3, embed_flags, |ctx| {
         let f = "phenix_embed_molecule";
-        let name = text(ctx.get_raw(0), f, "argument 1 (model)")?;
-        let smiles = text(ctx.get_raw(1), f, "argument 2 (SMILES)")?;
+        let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
+        let smiles = text_arg(ctx.get_raw(1), f, "argument 2 (SMILES)")?;
         let conc = number(ctx.get_raw(2), f, "argument 3 (concentration in µM)")?;
         let m = model(name)?;
         let v = m
@@ -221,7 +212,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     })?;
     conn.create_scalar_function("phenix_embed_phenomics", 2, embed_flags, |ctx| {
         let f = "phenix_embed_phenomics";
-        let name = text(ctx.get_raw(0), f, "argument 1 (model)")?;
+        let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
         let m = model(name)?;
         let d = m.manifest().phenomics.input_dim;
         let profile = parse_vector(
@@ -247,7 +238,7 @@ fn load_fn(
     opts: Option<String>,
 ) -> rusqlite::Result<String> {
     let f = "phenix_model_load";
-    let name = text(ctx.get_raw(0), f, "argument 1 (name)")?.to_string();
+    let name = text_arg(ctx.get_raw(0), f, "argument 1 (name)")?.to_string();
     if name == "default" {
         return Err(sql_error(format!(
             "{f}: the name 'default' is reserved for the shipped model"
@@ -372,8 +363,8 @@ fn models_rows() -> rusqlite::Result<Vec<Vec<Value>>> {
 /// Rows of the inner query, embedded in batches.
 fn embed_rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
     let f = "phenix_embed_molecules";
-    let name = text(args[0], f, "argument 1 (model)")?.to_string();
-    let sql = text(args[1], f, "argument 2 (query)")?.to_string();
+    let name = text_arg(args[0], f, "argument 1 (model)")?.to_string();
+    let sql = text_arg(args[1], f, "argument 2 (query)")?.to_string();
     let m = model(&name)?;
     let mut stmt = conn
         .prepare(&sql)

@@ -141,3 +141,36 @@ pub(crate) fn table_err(name: &str, e: impl std::fmt::Display) -> rusqlite::Erro
     let m = m.strip_prefix("phenix: ").unwrap_or(&m);
     crate::error::sql_error(format!("phenix table {name}: {m}"))
 }
+
+/// A text argument of function `f` (`what` names it, e.g. `argument 1 (model)`), as UTF-8.
+pub(crate) fn text_arg<'a>(
+    v: rusqlite::types::ValueRef<'a>,
+    f: &str,
+    what: &str,
+) -> rusqlite::Result<&'a str> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .map_err(|_| crate::error::sql_error(format!("{f}: {what} is not UTF-8"))),
+        ValueRef::Null => Err(crate::error::sql_error(format!(
+            "{f}: {what} is NULL; expected text"
+        ))),
+        _ => Err(crate::error::sql_error(format!("{f}: {what} must be text"))),
+    }
+}
+
+/// A positive integer `k` (`what` names it in the message, e.g. `phenix table t: k`).
+pub(crate) fn positive_k(v: rusqlite::types::ValueRef<'_>, what: &str) -> rusqlite::Result<usize> {
+    use rusqlite::types::ValueRef;
+    let got = match v {
+        ValueRef::Integer(k) if k > 0 => return Ok(k as usize),
+        ValueRef::Integer(k) => k.to_string(),
+        ValueRef::Null => "NULL".to_string(),
+        ValueRef::Real(r) => r.to_string(),
+        ValueRef::Text(_) => "text".to_string(),
+        ValueRef::Blob(_) => "a blob".to_string(),
+    };
+    Err(crate::error::sql_error(format!(
+        "{what} must be a positive integer, got {got}"
+    )))
+}

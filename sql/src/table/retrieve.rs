@@ -2,9 +2,9 @@
 //! `phenix_retrieve_all(target_table, query_table, k)` (every vector of one table against another through
 //! the batched GEMM path → query_rowid, rowid, rank, distance).
 
-use super::owned;
 use super::state::{self, TableState, DEAD};
 use super::vtab::lock_state;
+use super::{owned, positive_k, text_arg};
 use crate::error::sql_error;
 use crate::tvf::{TableFunction, Tvf};
 use phenix_core::batch::search_batch;
@@ -43,34 +43,12 @@ fn table_state(
         .ok_or_else(|| sql_error(format!("{fname}: {name} is not a phenix table")))
 }
 
-fn text_arg(v: ValueRef<'_>, fname: &str, what: &str) -> rusqlite::Result<String> {
-    match v {
-        ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
-        _ => Err(sql_error(format!(
-            "{fname}: {what} must be a table name (text)"
-        ))),
-    }
-}
-
-fn k_arg(v: ValueRef<'_>, fname: &str) -> rusqlite::Result<i64> {
-    match v {
-        ValueRef::Integer(k) if k > 0 => Ok(k),
-        ValueRef::Integer(k) => Err(sql_error(format!(
-            "{fname}: k must be a positive integer, got {k}"
-        ))),
-        ValueRef::Null => Err(sql_error(format!(
-            "{fname}: k must be a positive integer, got NULL"
-        ))),
-        _ => Err(sql_error(format!("{fname}: k must be a positive integer"))),
-    }
-}
-
 /// The KNN rows of one query: (rowid, distance), ascending.
 fn retrieve(
     conn: &Connection,
     table: &str,
     query: ValueRef<'_>,
-    k: i64,
+    k: usize,
 ) -> rusqlite::Result<Vec<(i64, f64)>> {
     let st = table_state(conn, "phenix_retrieve", table)?;
     let (schema, name, vector) = {
@@ -86,7 +64,9 @@ fn retrieve(
     let mut stmt = conn.prepare(&sql)?;
     let q: Value = owned(query)?;
     let rows = stmt
-        .query_map(rusqlite::params![q, k], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(rusqlite::params![q, k as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
@@ -102,11 +82,11 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         3,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS,
         |ctx| {
-            let table = text_arg(ctx.get_raw(0), "phenix_retrieve", "argument 1")?;
-            let k = k_arg(ctx.get_raw(2), "phenix_retrieve")?;
+            let table = text_arg(ctx.get_raw(0), "phenix_retrieve", "argument 1 (table name)")?;
+            let k = positive_k(ctx.get_raw(2), "phenix_retrieve: k")?;
             // SAFETY: the connection is only used for the duration of this call, on its own thread.
             let conn = unsafe { ctx.get_connection() }?;
-            let rows = retrieve(&conn, &table, ctx.get_raw(1), k)?;
+            let rows = retrieve(&conn, table, ctx.get_raw(1), k)?;
             let json: Vec<serde_json::Value> = rows
                 .into_iter()
                 .map(|(r, d)| serde_json::json!({"rowid": r, "distance": d}))
@@ -127,9 +107,9 @@ impl TableFunction for RetrieveFn {
     const ARGS: c_int = 3;
     fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
         let f = Self::NAME;
-        let table = text_arg(args[0], f, "argument 1")?;
-        let k = k_arg(args[2], f)?;
-        Ok(retrieve(conn, &table, args[1], k)?
+        let table = text_arg(args[0], f, "argument 1 (table name)")?;
+        let k = positive_k(args[2], &format!("{f}: k"))?;
+        Ok(retrieve(conn, table, args[1], k)?
             .into_iter()
             .zip(1..)
             .map(|((r, d), rank)| vec![Value::Integer(r), Value::Integer(rank), Value::Real(d)])
@@ -149,8 +129,8 @@ impl TableFunction for RetrieveAllFn {
         let f = Self::NAME;
         let target = text_arg(args[0], f, "target_table")?;
         let queries = text_arg(args[1], f, "query_table")?;
-        let k = k_arg(args[2], f)?;
-        Ok(retrieve_all(conn, &target, &queries, k)?
+        let k = positive_k(args[2], &format!("{f}: k"))?;
+        Ok(retrieve_all(conn, target, queries, k)?
             .into_iter()
             .map(|(q, r, rank, d)| {
                 vec![
@@ -169,7 +149,7 @@ fn retrieve_all(
     conn: &Connection,
     target: &str,
     queries: &str,
-    k: i64,
+    k: usize,
 ) -> rusqlite::Result<Vec<(i64, i64, i64, f64)>> {
     let f = "phenix_retrieve_all";
     let tt = table_state(conn, f, target)?;
@@ -214,7 +194,7 @@ fn retrieve_all(
             .live
             .as_ref()
             .ok_or_else(|| sql_error("internal: live set not loaded"))?;
-        let mut p = SearchParams::new(k as usize);
+        let mut p = SearchParams::new(k);
         p.candidates = Candidates::Bitmap(&live.bitmap);
         p.threads = threads;
         let mut store = t.store();

@@ -13,7 +13,7 @@
 
 use super::schema::TableDef;
 use super::state::{self, TableState, DEAD};
-use super::{arg, owned, table_err};
+use super::{arg, owned, positive_k, table_err};
 use crate::error::{catch_panic, sql_error};
 use crate::vector::parse_vector;
 use phenix_core::topk::{search, Candidates, SearchParams};
@@ -492,27 +492,6 @@ fn meta_sql(def: &TableDef, c: usize, op: &str, argn: usize) -> String {
         "null" => format!("{col} IS NULL"),
         "notnull" => format!("{col} IS NOT NULL"),
         o => format!("{col} {o} ?{argn}"),
-    }
-}
-
-fn positive_k(v: ValueRef<'_>, what: &str) -> rusqlite::Result<usize> {
-    match v {
-        ValueRef::Integer(k) if k > 0 => Ok(k as usize),
-        ValueRef::Integer(k) => Err(sql_error(format!(
-            "{what} must be a positive integer, got {k}"
-        ))),
-        ValueRef::Null => Err(sql_error(format!(
-            "{what} must be a positive integer, got NULL"
-        ))),
-        ValueRef::Real(r) => Err(sql_error(format!(
-            "{what} must be a positive integer, got {r}"
-        ))),
-        ValueRef::Text(_) => Err(sql_error(format!(
-            "{what} must be a positive integer, got text"
-        ))),
-        ValueRef::Blob(_) => Err(sql_error(format!(
-            "{what} must be a positive integer, got a blob"
-        ))),
     }
 }
 
