@@ -395,10 +395,19 @@ fn drop_rename_attach_and_temp() {
         [],
     );
     assert_eq!(got, vec![(1, 0.0)]);
-    // A committed DROP: the sidecar goes at the next write.
+    // A committed DROP: the sidecar goes at the next CREATE of a phenix table ...
     c.execute_batch("DROP TABLE b; CREATE VIRTUAL TABLE c2 USING phenix(v float16[2]);")
         .unwrap();
     assert_eq!(files(), 1, "only c2's file is left");
+    // ... or at the first write of a connection opened after the drop.
+    c.execute_batch("CREATE VIRTUAL TABLE c3 USING phenix(v float16[2]); DROP TABLE c3;")
+        .unwrap();
+    assert_eq!(files(), 2, "c3's file waits for the next connection");
+    let c2 = open(&db);
+    c2.execute("INSERT INTO c2(v) VALUES ('[1, 1]')", [])
+        .unwrap();
+    assert_eq!(files(), 1, "removed by the new connection's first write");
+    drop(c2);
     // ATTACH and temp.
     let other = d.0.join("other.db");
     c.execute("ATTACH ?1 AS aux", [other.to_str().unwrap()])

@@ -57,6 +57,9 @@ pub struct TableState {
     pub in_write: bool,
     /// `(savepoint, store length at the savepoint)`.
     pub savepoints: Vec<(i32, u64)>,
+    /// Whether this connection already removed orphaned sidecar files (once per connection of the
+    /// table, at its first write: a readdir and a schema scan are not worth repeating per statement).
+    pub orphans_collected: bool,
 }
 
 /// Stores of in-memory (temp / `:memory:`) tables, by table id, so a re-connect within the connection
@@ -308,6 +311,7 @@ impl TableState {
             committed,
             in_write: false,
             savepoints: Vec::new(),
+            orphans_collected: false,
         }
     }
 
@@ -413,7 +417,10 @@ impl TableState {
             ),
             [],
         )?;
-        collect_orphans(&self.conn, &self.schema)?;
+        if !self.orphans_collected {
+            collect_orphans(&self.conn, &self.schema)?;
+            self.orphans_collected = true;
+        }
         let c = self.read_committed()?;
         {
             let mut s = self.store();
@@ -511,7 +518,7 @@ impl TableState {
     }
 
     /// `DROP TABLE`: drops the shadow tables (inside the transaction). The vector file is removed by the
-    /// next writer's clean-up once no table refers to it ([`collect_orphans`]).
+    /// clean-up of the next connection that writes (or creates a phenix table) once no table refers to it ([`collect_orphans`]).
     pub fn destroy(&mut self) -> rusqlite::Result<()> {
         self.conn.execute_batch(&format!(
             "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
