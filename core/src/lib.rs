@@ -30,6 +30,7 @@ pub mod batch;
 pub mod bitmap;
 mod crc32;
 mod error;
+pub mod fault;
 pub mod kernels;
 pub mod store;
 pub mod topk;

@@ -22,6 +22,7 @@
 
 use crate::crc32::crc32;
 use crate::error::{Error, Result};
+use crate::fault::{self, FaultPoint};
 use crate::kernels::Row;
 use crate::types::{ElemType, Metric};
 use half::f16;
@@ -30,6 +31,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The eight magic bytes that open every phenix vector file.
@@ -293,7 +295,8 @@ impl<'a> RowsView<'a> {
                 bytes.len()
             )));
         }
-        if !(bytes.as_ptr() as usize).is_multiple_of(layout.elem().size()) {
+        // An empty view (a table with no rows) may come from an unaligned empty slice.
+        if need > 0 && !(bytes.as_ptr() as usize).is_multiple_of(layout.elem().size()) {
             return Err(Error::InvalidArgument("view bytes are misaligned".into()));
         }
         Ok(RowsView {
@@ -340,15 +343,17 @@ impl VectorStore {
 
     /// Creates a new file with a given header (compaction uses this to write generation `g + 1`).
     pub fn create_with_header(path: &Path, header: Header) -> Result<Self> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io("create", path, e))?;
-        file.write_all(&header.encode())
-            .map_err(|e| Error::io("write header", path, e))?;
-        file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+        let mut file = io_at(FaultPoint::Create, "create", path, || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+        })?;
+        io_at(FaultPoint::Write, "write header", path, || {
+            file.write_all(&header.encode())
+        })?;
+        io_at(FaultPoint::Fsync, "fsync", path, || file.sync_all())?;
         sync_parent_dir(path)?;
         Ok(VectorStore {
             header,
@@ -375,11 +380,15 @@ impl VectorStore {
         committed: u64,
         writable: bool,
     ) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|e| Error::io("open", path, e))?;
+        let file = io_at(FaultPoint::Open, "open", path, || {
+            // O_NOFOLLOW: a symbolic link in place of the file (planted next to a database made by
+            // someone else) is refused instead of followed.
+            OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        })?;
         let mut head = vec![0u8; HEADER_LEN];
         let n = read_full_at(&file, &mut head, 0).map_err(|e| Error::io("read header", path, e))?;
         head.truncate(n);
@@ -523,8 +532,17 @@ impl VectorStore {
         self.append_encoded(&enc)
     }
 
-    fn append_encoded(&mut self, enc: &[u8]) -> Result<Range<u64>> {
+    /// Appends rows already encoded in this store's layout: `enc` holds whole rows of
+    /// [`Layout::stride`] bytes each (as [`RowsView::raw`] returns them). Compaction copies rows this way,
+    /// bit for bit.
+    pub fn append_encoded(&mut self, enc: &[u8]) -> Result<Range<u64>> {
         let stride = self.header.layout.stride();
+        if !enc.len().is_multiple_of(stride) {
+            return Err(Error::DimMismatch {
+                expected: stride,
+                found: enc.len() % stride,
+            });
+        }
         let start = self.len();
         let n = (enc.len() / stride) as u64;
         match &mut self.backend {
@@ -568,8 +586,9 @@ impl VectorStore {
             }
             let stride = self.header.layout.stride();
             let off = HEADER_LEN as u64 + *file_rows * stride as u64;
-            file.write_all_at(pending, off)
-                .map_err(|e| Error::io("write", path, e))?;
+            io_at(FaultPoint::Write, "write", path, || {
+                file.write_all_at(pending, off)
+            })?;
             *file_rows += (pending.len() / stride) as u64;
             pending.clear();
         }
@@ -580,7 +599,7 @@ impl VectorStore {
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
         if let Backend::File { path, file, .. } = &self.backend {
-            file.sync_data().map_err(|e| Error::io("fsync", path, e))?;
+            io_at(FaultPoint::Fsync, "fsync", path, || file.sync_data())?;
         }
         Ok(())
     }
@@ -615,8 +634,9 @@ impl VectorStore {
                         *map = None;
                         *mapped_len = 0;
                     }
-                    file.set_len(HEADER_LEN as u64 + n * stride as u64)
-                        .map_err(|e| Error::io("truncate", path, e))?;
+                    io_at(FaultPoint::Truncate, "truncate", path, || {
+                        file.set_len(HEADER_LEN as u64 + n * stride as u64)
+                    })?;
                     *file_rows = n;
                 }
             }
@@ -696,6 +716,7 @@ impl VectorStore {
                 }
                 let need = HEADER_LEN + need_bytes;
                 if *mapped_len < need || map.is_none() {
+                    fault::check(FaultPoint::Map).map_err(|e| Error::io("mmap", path, e))?;
                     // SAFETY: the map is read-only and phenix never rewrites or shrinks the region
                     // below the committed length while it is mapped (module docs, "Mapping
                     // contract"); rows past it are read only by the writer that wrote them. The map
@@ -792,6 +813,17 @@ pub fn sync_parent_dir(path: &Path) -> Result<()> {
         _ => Path::new("."),
     };
     let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
-    d.sync_all()
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    io_at(FaultPoint::Fsync, "fsync directory", dir, || d.sync_all())
+}
+
+/// Runs one I/O operation after the fault-injection check of its point, mapping errors to [`Error::Io`].
+fn io_at<T>(
+    point: FaultPoint,
+    op: &'static str,
+    path: &Path,
+    f: impl FnOnce() -> std::io::Result<T>,
+) -> Result<T> {
+    fault::check(point)
+        .and_then(|()| f())
+        .map_err(|e| Error::io(op, path, e))
 }

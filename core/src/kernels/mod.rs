@@ -219,14 +219,38 @@ impl Kernels {
 
     /// The distance of `metric` between `q` and `x`. `q_norm` is `|q|` (only read for cosine; compute it
     /// once per query with [`Kernels::norm_squared`]).
+    ///
+    /// `f32` sums overflow for finite inputs above about 1e19 (a product or a square past `f32::MAX`,
+    /// or `+inf` meeting `-inf`); such rows, and `float32` rows whose squared norm underflows to zero, are
+    /// recomputed in `f64` ([`distance_f64`]), so a finite query and row never give NaN. The check is a
+    /// compare or two per row; the slow path allocates and is only taken for such extreme values.
     #[inline]
     pub fn distance(&self, metric: Metric, q: &[f32], q_norm: f32, x: Row<'_>) -> f32 {
         match metric {
-            Metric::Dot => -self.dot(q, x),
-            Metric::L2 => self.l2_squared(q, x).sqrt(),
+            Metric::Dot => {
+                let d = self.dot(q, x);
+                if d.is_finite() {
+                    -d
+                } else {
+                    exact(metric, q, x)
+                }
+            }
+            Metric::L2 => {
+                let s = self.l2_squared(q, x);
+                if s.is_finite() {
+                    s.sqrt()
+                } else {
+                    exact(metric, q, x)
+                }
+            }
             Metric::Cosine => {
                 let (d, xx) = self.dot_and_norm(q, x);
-                cosine_from_parts(d, q_norm, xx.sqrt())
+                if d.is_finite() && xx.is_finite() && q_norm.is_finite() && (xx > 0.0 || is_zero(x))
+                {
+                    cosine_from_parts(d, q_norm, xx.sqrt())
+                } else {
+                    exact(metric, q, x)
+                }
             }
         }
     }
@@ -247,7 +271,55 @@ pub fn cosine_from_parts(dot: f32, q_norm: f32, x_norm: f32) -> f32 {
     }
 }
 
-/// The distance between two `f32` vectors with the fastest kernels (for SQL scalar functions).
+/// The `f64` distance of a row whose `f32` sums overflowed or underflowed.
+#[cold]
+fn exact(metric: Metric, q: &[f32], x: Row<'_>) -> f32 {
+    distance_f64(metric, q, &x.to_f32()) as f32
+}
+
+/// Whether every element of `x` is zero (a true zero vector, as opposed to one whose squares underflow).
+fn is_zero(x: Row<'_>) -> bool {
+    match x {
+        Row::F16(v) => v.iter().all(|e| e.to_f32() == 0.0),
+        Row::F32(v) => v.iter().all(|e| *e == 0.0),
+    }
+}
+
+/// The distance of `metric` between two `f32` vectors, summed in `f64`: no overflow or underflow for any
+/// finite input (SQL scalar functions, and the fallback of [`Kernels::distance`]). Cosine is 1 when
+/// either vector is zero; NaN inputs give NaN. Panics if the lengths differ.
+pub fn distance_f64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vectors of different lengths");
+    let (mut d, mut aa, mut bb, mut l2) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        d += x * y;
+        aa += x * x;
+        bb += y * y;
+        l2 += (x - y) * (x - y);
+    }
+    match metric {
+        Metric::Dot => -d,
+        Metric::L2 => l2.sqrt(),
+        Metric::Cosine => {
+            // One square root of the product (no overflow or underflow in f64 for f32 inputs): exact
+            // for parallel vectors with integer norms, as the f32 kernels are.
+            let denom = (aa * bb).sqrt();
+            if denom == 0.0 {
+                1.0
+            } else {
+                let c = 1.0 - d / denom;
+                if c.is_nan() {
+                    c
+                } else {
+                    c.clamp(0.0, 2.0)
+                }
+            }
+        }
+    }
+}
+
+/// The distance between two `f32` vectors with the fastest kernels.
 /// Panics if the lengths differ.
 pub fn distance_f32(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
     let k = Kernels::best();
