@@ -1,4 +1,5 @@
-//! Shared helpers for the phenix benchmarks: seeded data and in-memory stores.
+//! Shared helpers for the phenix benchmarks: seeded data, in-memory stores, and the phenix vs
+//! sqlite-vec comparison harness ([`compare`]).
 
 use phenix_core::store::{Layout, VectorStore};
 use phenix_core::{ElemType, Metric};
@@ -60,3 +61,5 @@ pub fn read_and_sum(bytes: &[u8], threads: usize) -> u64 {
             .fold(0u64, |x, y| x.wrapping_add(y))
     })
 }
+
+pub mod compare;

@@ -73,6 +73,40 @@ impl Bitmap {
         self.len = len;
     }
 
+    /// The set `{i in 0..len : f(i)}`, built a word at a time.
+    pub fn from_fn(len: usize, mut f: impl FnMut(usize) -> bool) -> Self {
+        let mut words = vec![0u64; len.div_ceil(64)];
+        for (wi, w) in words.iter_mut().enumerate() {
+            let base = wi * 64;
+            let mut bits = 0u64;
+            for b in 0..64.min(len - base) {
+                bits |= u64::from(f(base + b)) << b;
+            }
+            *w = bits;
+        }
+        Bitmap { words, len }
+    }
+
+    /// Keeps only the members also in `other` (members past `other`'s universe are dropped).
+    pub fn intersect_with(&mut self, other: &Bitmap) {
+        for (i, w) in self.words.iter_mut().enumerate() {
+            *w &= other.words.get(i).copied().unwrap_or(0);
+        }
+    }
+
+    /// Whether every slot of `0..n` is a member (true for `n = 0`).
+    pub fn contains_all_below(&self, n: usize) -> bool {
+        if n > self.len {
+            return false;
+        }
+        let full = n / 64;
+        if self.words[..full].iter().any(|&w| w != u64::MAX) {
+            return false;
+        }
+        let rest = n % 64;
+        rest == 0 || self.words[full] & ((1u64 << rest) - 1) == (1u64 << rest) - 1
+    }
+
     /// Members in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         self.words.iter().enumerate().flat_map(|(wi, &w)| {
@@ -139,5 +173,33 @@ mod tests {
         b.insert(200);
         assert_eq!(b.len(), 201);
         assert!(b.contains(200));
+    }
+
+    #[test]
+    fn from_fn_intersect_and_full_prefix() {
+        let b = Bitmap::from_fn(130, |i| i % 3 == 0);
+        assert_eq!(b.len(), 130);
+        assert_eq!(
+            b.iter().collect::<Vec<_>>(),
+            (0..130).step_by(3).collect::<Vec<_>>()
+        );
+        let mut c = Bitmap::from_fn(200, |i| i % 2 == 0);
+        c.intersect_with(&b);
+        assert_eq!(
+            c.iter().collect::<Vec<_>>(),
+            (0..130).step_by(6).collect::<Vec<_>>()
+        );
+        assert_eq!(Bitmap::from_fn(0, |_| true).count(), 0);
+
+        let full = Bitmap::from_fn(130, |_| true);
+        for n in [0, 1, 63, 64, 65, 128, 130] {
+            assert!(full.contains_all_below(n), "{n}");
+        }
+        assert!(!full.contains_all_below(131));
+        let mut holes = full.clone();
+        holes.remove(64);
+        assert!(holes.contains_all_below(64));
+        assert!(!holes.contains_all_below(65));
+        assert!(!holes.contains_all_below(130));
     }
 }

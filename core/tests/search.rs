@@ -222,3 +222,36 @@ fn batched_search_with_candidates_and_threshold() {
         assert_matches(hits, &want, 1e-4, &format!("q{qi}"));
     }
 }
+
+#[test]
+fn chunked_threads_match_one_thread_for_every_candidate_kind() {
+    // 100k rows: several 16k-row chunks per thread, taken from a shared counter.
+    let mut f = fixture(100_000, 24, ElemType::F16, Metric::Cosine, 4);
+    let view = f.store.view(100_000).unwrap();
+    let mut rng = Rng(99);
+    let bm = Bitmap::from_fn(100_000, |i| i % 3 != 1);
+    let deleted = Bitmap::from_fn(100_000, |i| i % 10 == 0);
+    let slots: Vec<u64> = (0..100_000u64).filter(|i| i % 7 < 5).collect();
+    for k in [1, 10, 500] {
+        let q = rng.vec(24, 1.0);
+        for cands in [
+            Candidates::All,
+            Candidates::Bitmap(&bm),
+            Candidates::Slots(&slots),
+        ] {
+            let mut p = SearchParams::new(k);
+            p.candidates = cands;
+            p.deleted = Some(&deleted);
+            let one = search(&view, &q, &p).unwrap();
+            assert_eq!(one.len(), k);
+            for threads in [2, 5] {
+                p.threads = threads;
+                assert_eq!(
+                    one,
+                    search(&view, &q, &p).unwrap(),
+                    "k={k} t={threads} {cands:?}"
+                );
+            }
+        }
+    }
+}
