@@ -19,6 +19,14 @@ pub const MANIFEST_FILE: &str = "phenix-model.json";
 /// The only `format_version` this crate reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The largest `embedding.dim`: the widest vector a phenix table stores (`phenix_core::store::MAX_DIM`).
+/// Embedding buffers are sized from it before the model runs, so an unchecked value from a manifest
+/// could ask for terabytes.
+pub const MAX_EMBEDDING_DIM: usize = 65_536;
+
+/// The largest `phenomics.input_dim` (profile buffers are sized from it before the model runs).
+pub const MAX_INPUT_DIM: usize = 1 << 20;
+
 /// `phenix-model.json`, as deserialized. Unknown keys are rejected everywhere except in
 /// `provenance` (so a typo cannot silently fall back to a default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,6 +280,27 @@ impl Manifest {
                 return Err(format!("`{key}` must not be empty"));
             }
         }
+        // The ONNX files live inside the bundle: a manifest cannot point the loader elsewhere.
+        for (key, v) in [
+            ("molecule.onnx", &m.onnx),
+            ("phenomics.onnx", &self.phenomics.onnx),
+        ] {
+            let inside = Path::new(v)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(format!(
+                    "`{key}` is {v:?}; it must be a file name relative to the bundle directory \
+                     (no absolute path, `.` or `..`)"
+                ));
+            }
+        }
+        if self.embedding.dim > MAX_EMBEDDING_DIM {
+            return Err(format!(
+                "`embedding.dim` is {}; at most {MAX_EMBEDDING_DIM} (the widest phenix table)",
+                self.embedding.dim
+            ));
+        }
         let FeaturizerSpec::Morgan(spec) = &m.featurizer;
         MorganFeaturizer::from_spec(spec).map_err(|e| format!("`molecule.featurizer`: {e}"))?;
         m.concentration
@@ -303,6 +332,12 @@ impl Manifest {
         let p = &self.phenomics;
         if p.input_dim == 0 {
             return Err("`phenomics.input_dim` must be > 0".into());
+        }
+        if p.input_dim > MAX_INPUT_DIM {
+            return Err(format!(
+                "`phenomics.input_dim` is {}; at most {MAX_INPUT_DIM}",
+                p.input_dim
+            ));
         }
         if let Normalization::Standardize { center, scale } = &p.normalization {
             for (key, v) in [("center", center), ("scale", scale)] {

@@ -14,7 +14,7 @@
 
 use crate::error::sql_error;
 use crate::vector::{check_f16_range, decode_vector, Decoded, Encoding, VectorError};
-use phenix_core::{kernels::distance_f32, ElemType, Metric};
+use phenix_core::{kernels::distance_f64, ElemType, Metric};
 use rusqlite::functions::{Aggregate, Context, FunctionFlags, SqlFnOutput, WindowAggregate};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, Result};
@@ -160,18 +160,18 @@ fn pair<'a>(name: &str, a: &'a [Decoded]) -> Result<(&'a [f32], &'a [f32])> {
 
 fn cosine_fn(name: &str, a: &[Decoded]) -> Result<Value> {
     let (x, y) = pair(name, a)?;
-    Ok(Value::Real(f64::from(distance_f32(Metric::Cosine, x, y))))
+    Ok(Value::Real(distance_f64(Metric::Cosine, x, y)))
 }
 
 fn l2_fn(name: &str, a: &[Decoded]) -> Result<Value> {
     let (x, y) = pair(name, a)?;
-    Ok(Value::Real(f64::from(distance_f32(Metric::L2, x, y))))
+    Ok(Value::Real(distance_f64(Metric::L2, x, y)))
 }
 
 fn dot_fn(name: &str, a: &[Decoded]) -> Result<Value> {
     let (x, y) = pair(name, a)?;
     // Metric::Dot is the negative inner product (a distance); phenix_dot is the inner product itself.
-    Ok(Value::Real(-f64::from(distance_f32(Metric::Dot, x, y))))
+    Ok(Value::Real(-distance_f64(Metric::Dot, x, y)))
 }
 
 fn version_fn(_: &str, _: &[Decoded]) -> Result<Value> {

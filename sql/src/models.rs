@@ -233,6 +233,9 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The largest `threads` option of `phenix_model_load`.
+const MAX_THREADS: u64 = 1024;
+
 fn load_fn(
     ctx: &rusqlite::functions::Context<'_>,
     opts: Option<String>,
@@ -261,12 +264,21 @@ fn load_fn(
                         ExecutionProvider::parse(p).map_err(|e| sql_error(format!("{f}: {e}")))?,
                     )
                 }
-                ("threads", serde_json::Value::Number(n)) if n.as_u64().is_some_and(|t| t >= 1) => {
+                ("threads", serde_json::Value::Number(n))
+                    if n.as_u64().is_some_and(|t| (1..=MAX_THREADS).contains(&t)) =>
+                {
                     options = options.intra_threads(n.as_u64().expect("checked") as usize)
+                }
+                // ONNX Runtime starts every intra-op thread when the session is made: a huge count
+                // would try to start that many OS threads.
+                ("threads", _) => {
+                    return Err(sql_error(format!(
+                        "{f}: option threads={v} is out of range; expected an integer in 1..={MAX_THREADS}"
+                    )))
                 }
                 _ => {
                     return Err(sql_error(format!(
-                        "{f}: unknown option {k}={v}; expected \"provider\": \"cpu\"|\"cuda\"|\"cuda:N\", \"threads\": N >= 1"
+                        "{f}: unknown option {k}={v}; expected \"provider\": \"cpu\"|\"cuda\"|\"cuda:N\", \"threads\": N in 1..={MAX_THREADS}"
                     )))
                 }
             }
@@ -360,6 +372,17 @@ fn models_rows() -> rusqlite::Result<Vec<Vec<Value>>> {
         .collect())
 }
 
+/// `text`, `a blob`, ... for messages.
+fn type_name(v: ValueRef<'_>) -> &'static str {
+    match v {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "an integer",
+        ValueRef::Real(_) => "a real number",
+        ValueRef::Text(_) => "text",
+        ValueRef::Blob(_) => "a blob",
+    }
+}
+
 /// Rows of the inner query, embedded in batches.
 fn embed_rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
     let f = "phenix_embed_molecules";
@@ -379,20 +402,41 @@ fn embed_rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<
     let mut items: Vec<(Value, String, f64)> = Vec::new();
     let mut q = stmt.query([])?;
     while let Some(r) = q.next()? {
+        let row = items.len() + 1;
         let id: Value = if off == 1 {
             r.get(0)?
         } else {
-            Value::Integer(items.len() as i64 + 1)
+            Value::Integer(row as i64)
         };
-        let smiles: String = r
-            .get::<_, Option<String>>(off)?
-            .ok_or_else(|| sql_error(format!("{f}: row {} has a NULL SMILES", items.len() + 1)))?;
-        let conc: f64 = r.get::<_, Option<f64>>(off + 1)?.ok_or_else(|| {
-            sql_error(format!(
-                "{f}: row {} ({smiles}) has a NULL concentration",
-                items.len() + 1
-            ))
-        })?;
+        let smiles = match r.get_ref(off)? {
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .map_err(|_| sql_error(format!("{f}: row {row}: the SMILES is not UTF-8")))?
+                .to_string(),
+            ValueRef::Null => return Err(sql_error(format!("{f}: row {row} has a NULL SMILES"))),
+            other => {
+                return Err(sql_error(format!(
+                    "{f}: row {row}: the SMILES (column {}) must be text, got {}",
+                    off + 1,
+                    type_name(other)
+                )))
+            }
+        };
+        let conc = match r.get_ref(off + 1)? {
+            ValueRef::Integer(i) => i as f64,
+            ValueRef::Real(x) => x,
+            ValueRef::Null => {
+                return Err(sql_error(format!(
+                    "{f}: row {row} ({smiles}) has a NULL concentration"
+                )))
+            }
+            other => {
+                return Err(sql_error(format!(
+                "{f}: row {row} ({smiles}): the concentration (column {}) must be a number, got {}",
+                off + 2,
+                type_name(other)
+            )))
+            }
+        };
         items.push((id, smiles, conc));
     }
     let dim = m.dim();

@@ -135,6 +135,10 @@ def run_python(ext: Path, db: Path, sql: str) -> tuple[list[str], list[str]]:
     conn.enable_load_extension(True)
     conn.load_extension(str(ext))
     out, errors = [], []
+    # Relative paths in examples (phenix_backup('copy.db')) resolve in the database's directory, as
+    # for the CLI, which runs there.
+    cwd = os.getcwd()
+    os.chdir(db.parent)
     try:
         for st in split_statements(sql):
             try:
@@ -144,6 +148,7 @@ def run_python(ext: Path, db: Path, sql: str) -> tuple[list[str], list[str]]:
                 errors.append(str(e))
     finally:
         conn.close()
+        os.chdir(cwd)
     return out, errors
 
 

@@ -4,7 +4,11 @@
 //! - [`retrieve`]: `phenix_retrieve` (table-valued and scalar) and `phenix_retrieve_all`.
 //! - [`state`]: shadow tables, sidecar file and the commit protocol of docs/design.md.
 //! - [`schema`]: parsing the column definitions.
+//! - [`check`]: `phenix_check`, the integrity check.
+//! - [`backup`]: `phenix_backup`, a consistent copy of a database and its vector files.
 
+pub mod backup;
+pub mod check;
 pub mod retrieve;
 pub mod schema;
 pub mod state;
@@ -52,12 +56,29 @@ unsafe fn with_tab(
     ffi::SQLITE_ERROR
 }
 
+/// Runs `f` on the table's state for a savepoint hook. While one of phenix's own xMethods holds the
+/// state (compaction, say, runs SQL on the shadow tables inside xUpdate), SQLite calls the hooks again for
+/// that nested statement's savepoint; those statements never touch the vector store, so the hook has
+/// nothing to do and must not wait for a lock its own thread holds.
+fn with_state_unless_nested(
+    t: &PhenixTab,
+    f: impl FnOnce(&mut state::TableState) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    match t.state.try_lock() {
+        Ok(mut st) => f(&mut st),
+        Err(std::sync::TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => Ok(()),
+    }
+}
+
 unsafe extern "C" fn x_savepoint(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
     // SAFETY: called by SQLite on a table of this module.
     unsafe {
         with_tab(vt, "xSavepoint", |t| {
-            vtab::lock_state(&t.state).savepoint(i);
-            Ok(())
+            with_state_unless_nested(t, |st| {
+                st.savepoint(i);
+                Ok(())
+            })
         })
     }
 }
@@ -66,8 +87,10 @@ unsafe extern "C" fn x_release(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
     // SAFETY: called by SQLite on a table of this module.
     unsafe {
         with_tab(vt, "xRelease", |t| {
-            vtab::lock_state(&t.state).release(i);
-            Ok(())
+            with_state_unless_nested(t, |st| {
+                st.release(i);
+                Ok(())
+            })
         })
     }
 }
@@ -76,7 +99,7 @@ unsafe extern "C" fn x_rollback_to(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_in
     // SAFETY: called by SQLite on a table of this module.
     unsafe {
         with_tab(vt, "xRollbackTo", |t| {
-            vtab::lock_state(&t.state).rollback_to(i)
+            with_state_unless_nested(t, |st| st.rollback_to(i))
         })
     }
 }
@@ -118,6 +141,8 @@ pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     let module: &'static Module<'static, PhenixTab> =
         unsafe { &*(&MODULE as *const ffi::sqlite3_module as *const Module<'static, PhenixTab>) };
     conn.create_module("phenix", module, None)?;
+    check::register(conn)?;
+    backup::register(conn)?;
     retrieve::register(conn)
 }
 
@@ -132,7 +157,7 @@ pub(crate) fn arg<'a>(
 /// An owned copy of a value (text must be UTF-8).
 pub(crate) fn owned(v: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<rusqlite::types::Value> {
     rusqlite::types::Value::try_from(v)
-        .map_err(|e| crate::error::sql_error(format!("invalid value: {e}")))
+        .map_err(|e| crate::error::sql_error(format!("invalid value ({e}); text must be UTF-8")))
 }
 
 /// An error about table `name`: `phenix: phenix table <name>: <e>` (one `phenix: ` prefix).

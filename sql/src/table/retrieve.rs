@@ -17,7 +17,7 @@ use std::ffi::{c_int, CStr};
 use std::sync::{Arc, Mutex};
 
 /// Splits `schema.table` (or `table`, schema `main`).
-fn split_name(name: &str) -> (String, String) {
+pub(super) fn split_name(name: &str) -> (String, String) {
     match name.split_once('.') {
         Some((s, t)) if !s.is_empty() && !t.is_empty() => (s.to_string(), t.to_string()),
         _ => ("main".to_string(), name.to_string()),

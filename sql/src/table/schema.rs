@@ -166,12 +166,18 @@ fn parse_vector_type(ty: &str) -> Option<(ElemType, Result<usize, String>)> {
 
 impl TableDef {
     /// The `CREATE TABLE` statement declared to SQLite (hidden columns `distance` and `k` last).
-    pub fn declare(&self) -> String {
+    ///
+    /// The last hidden column carries the table's own name: `INSERT INTO t(t) VALUES ('optimize')` runs a
+    /// command (FTS5's convention).
+    pub fn declare(&self, table: &str) -> String {
         let mut s = format!("CREATE TABLE x(\"{}\"", self.vector);
         for c in &self.columns {
             s.push_str(&format!(", \"{}\" {}", c.name, c.decl_type));
         }
-        s.push_str(", distance HIDDEN, k HIDDEN)");
+        s.push_str(&format!(
+            ", distance HIDDEN, k HIDDEN, \"{}\" HIDDEN)",
+            table.replace('"', "\"\"")
+        ));
         s
     }
     /// Number of metadata (filterable) columns.
@@ -185,6 +191,10 @@ impl TableDef {
     /// Index of the hidden `k` column.
     pub fn k_col(&self) -> i32 {
         2 + self.columns.len() as i32
+    }
+    /// Index of the hidden command column (named after the table).
+    pub fn command_col(&self) -> i32 {
+        3 + self.columns.len() as i32
     }
     /// A canonical text form of the definition, stored in the info shadow table and compared on connect.
     pub fn canonical(&self) -> String {
@@ -232,8 +242,8 @@ mod tests {
         assert_eq!(d.columns[2].name, "note");
         assert!(d.columns[2].aux);
         assert_eq!(
-            d.declare(),
-            "CREATE TABLE x(\"embedding\", \"smiles\" TEXT, \"concentration\" REAL, \"note\" TEXT, distance HIDDEN, k HIDDEN)"
+            d.declare("molecules"),
+            "CREATE TABLE x(\"embedding\", \"smiles\" TEXT, \"concentration\" REAL, \"note\" TEXT, distance HIDDEN, k HIDDEN, \"molecules\" HIDDEN)"
         );
         let f = parse("t", &["v float[3]"]).unwrap();
         assert_eq!(f.layout.elem(), ElemType::F32);

@@ -14,7 +14,7 @@
 use super::schema::TableDef;
 use super::table_err;
 use crate::error::sql_error;
-use phenix_core::store::{random_table_id, VectorStore};
+use phenix_core::store::{random_table_id, Header, Layout, VectorStore};
 use phenix_core::Bitmap;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -58,8 +58,25 @@ pub struct TableState {
     /// `(savepoint, store length at the savepoint)`.
     pub savepoints: Vec<(i32, u64)>,
     /// Whether this connection already removed orphaned sidecar files (once per connection of the
-    /// table, at its first write: a readdir and a schema scan are not worth repeating per statement).
+    /// table, at its first write: a readdir and a schema scan are not worth repeating per statement;
+    /// reset after a compaction commits or rolls back, so the file it left behind goes at the next write).
     pub orphans_collected: bool,
+    /// The generation of the vector file in use (`<t>_info.generation`).
+    pub generation: u64,
+    /// The compactions made in the current write transaction, oldest first; each is undone if the
+    /// transaction, or a savepoint open when it ran, rolls back.
+    compactions: Vec<Compaction>,
+}
+
+/// What a compaction replaced, to put it back on rollback.
+struct Compaction {
+    /// The store in use before the compaction (with this transaction's appends up to then).
+    old_store: Arc<Mutex<VectorStore>>,
+    old_generation: u64,
+    old_committed: u64,
+    /// The highest savepoint open when the compaction ran: rolling back to it or an earlier one undoes
+    /// the compaction.
+    under_savepoint: Option<i32>,
 }
 
 /// Stores of in-memory (temp / `:memory:`) tables, by table id, so a re-connect within the connection
@@ -119,7 +136,7 @@ fn hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<[u8; 16]> {
+pub(crate) fn unhex(s: &str) -> Option<[u8; 16]> {
     if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -148,6 +165,33 @@ pub fn sidecar_dir(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
     s.push("-phenix");
     PathBuf::from(s)
+}
+
+/// The sidecar directory of `db`, refused if it is a symbolic link or not a directory: a database made
+/// by someone else could otherwise point phenix's writes and clean-ups at another directory.
+pub fn checked_sidecar_dir(db: &Path) -> rusqlite::Result<PathBuf> {
+    let dir = sidecar_dir(db);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(sql_error(format!(
+            "the sidecar directory {} is a symbolic link; phenix keeps vectors only in a real directory next to the database",
+            dir.display()
+        ))),
+        Ok(m) if !m.is_dir() => Err(sql_error(format!(
+            "the sidecar directory {} is not a directory",
+            dir.display()
+        ))),
+        _ => Ok(dir),
+    }
+}
+
+/// The vector file of a table, after checking its directory ([`checked_sidecar_dir`]).
+pub fn checked_sidecar_path(
+    db: &Path,
+    id: &[u8; 16],
+    generation: u64,
+) -> rusqlite::Result<PathBuf> {
+    checked_sidecar_dir(db)?;
+    Ok(sidecar_path(db, id, generation))
 }
 
 /// The vector file of a table.
@@ -194,7 +238,7 @@ impl TableState {
         )?;
         let store = match db_file(&conn, schema)? {
             Some(db) => {
-                let dir = sidecar_dir(&db);
+                let dir = checked_sidecar_dir(&db)?;
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     sql_error(format!(
                         "cannot create the sidecar directory {}: {e}",
@@ -257,7 +301,11 @@ impl TableState {
                 "phenix table {name}: shadow table {name}_info has no valid committed count"
             ))
         })?;
-        let generation = int(get("generation")?).unwrap_or(0);
+        let generation = int(get("generation")?).ok_or_else(|| {
+            sql_error(format!(
+                "phenix table {name}: shadow table {name}_info has no valid generation"
+            ))
+        })?;
         if let Some(d) = text(get("definition")?) {
             if d != def.canonical() {
                 return Err(sql_error(format!(
@@ -267,19 +315,15 @@ impl TableState {
             }
         }
         let store = match db_file(&conn, schema)? {
-            Some(db) => {
-                let path = sidecar_path(&db, &id, generation);
-                let readonly = conn.is_readonly(schema)?;
-                let s = VectorStore::open(&path, Some(def.layout), committed, !readonly)
-                    .map_err(|e| table_err(name, e))?;
-                if s.header().table_id != id {
-                    return Err(sql_error(format!(
-                        "phenix table {name}: the vector file {} belongs to another table",
-                        path.display()
-                    )));
-                }
-                Arc::new(Mutex::new(s))
-            }
+            Some(db) => Arc::new(Mutex::new(open_file(
+                &conn,
+                schema,
+                name,
+                &db,
+                def.layout,
+                &id,
+                (generation, committed),
+            )?)),
             None => mem_stores()
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -287,7 +331,9 @@ impl TableState {
                 .cloned()
                 .ok_or_else(|| sql_error(format!("phenix table {name}: its in-memory vectors are gone (the process that made them ended)")))?,
         };
-        Ok(Self::new(conn, schema, name, def, id, store, committed))
+        let mut st = Self::new(conn, schema, name, def, id, store, committed);
+        st.generation = generation;
+        Ok(st)
     }
 
     fn new(
@@ -312,6 +358,8 @@ impl TableState {
             in_write: false,
             savepoints: Vec::new(),
             orphans_collected: false,
+            generation: 0,
+            compactions: Vec::new(),
         }
     }
 
@@ -340,16 +388,47 @@ impl TableState {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn read_committed(&self) -> rusqlite::Result<u64> {
-        let v: i64 = self.conn.query_row(
+    /// The committed count and the generation recorded in `<t>_info`.
+    fn read_info(&self) -> rusqlite::Result<(u64, u64)> {
+        let (c, g): (Option<i64>, Option<i64>) = self.conn.query_row(
             &format!(
-                "SELECT value FROM {} WHERE key = 'committed'",
-                self.info_table()
+                "SELECT (SELECT value FROM {info} WHERE key = 'committed'), (SELECT value FROM {info} WHERE key = 'generation')",
+                info = self.info_table()
             ),
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(v.max(0) as u64)
+        match (c, g) {
+            (Some(c), Some(g)) if c >= 0 && g >= 0 => Ok((c as u64, g as u64)),
+            _ => Err(sql_error(format!(
+                "phenix table {}: shadow table {}_info has no valid committed count or generation; run phenix_check",
+                self.name, self.name
+            ))),
+        }
+    }
+
+    /// Takes up another connection's committed state: if it compacted the table (new generation), opens
+    /// the new vector file in place of the old one; then notices rows appended up to `committed`.
+    fn follow(&mut self, committed: u64, generation: u64) -> rusqlite::Result<()> {
+        if generation != self.generation {
+            if let Some(db) = db_file(&self.conn, &self.schema)? {
+                let s = open_file(
+                    &self.conn,
+                    &self.schema,
+                    &self.name,
+                    &db,
+                    self.def.layout,
+                    &self.table_id,
+                    (generation, committed),
+                )?;
+                self.store = Arc::new(Mutex::new(s));
+            }
+            self.generation = generation;
+            self.live = None;
+        }
+        self.store()
+            .refresh(committed)
+            .map_err(|e| table_err(&self.name, e))
     }
 
     /// Before a read: if another connection committed since the last load, reload the committed count and
@@ -364,10 +443,8 @@ impl TableState {
             |r| r.get(0),
         )?;
         if dv != self.data_version && !self.in_write {
-            let c = self.read_committed()?;
-            self.store()
-                .refresh(c)
-                .map_err(|e| table_err(&self.name, e))?;
+            let (c, g) = self.read_info()?;
+            self.follow(c, g)?;
             self.committed = c;
             self.live = None;
             self.data_version = dv;
@@ -396,6 +473,12 @@ impl TableState {
                     self.name
                 )));
             }
+            if live.rowids[slot as usize] != DEAD {
+                return Err(sql_error(format!(
+                    "phenix table {}: rows {} and {rowid} both point at slot {slot}; run phenix_check",
+                    self.name, live.rowids[slot as usize]
+                )));
+            }
             live.bitmap.insert(slot as usize);
             live.rowids[slot as usize] = rowid;
         }
@@ -421,10 +504,10 @@ impl TableState {
             collect_orphans(&self.conn, &self.schema)?;
             self.orphans_collected = true;
         }
-        let c = self.read_committed()?;
+        let (c, g) = self.read_info()?;
+        self.follow(c, g)?;
         {
             let mut s = self.store();
-            s.refresh(c).map_err(|e| table_err(&self.name, e))?;
             if s.len() > c {
                 s.truncate(c).map_err(core_err)?;
             }
@@ -450,7 +533,9 @@ impl TableState {
             s.sync().map_err(core_err)?;
             s.len()
         };
-        if n != self.committed {
+        // After a compaction the count may equal the old one and still must be written (the table
+        // now names another file); otherwise an unchanged count needs no write.
+        if n != self.committed || !self.compactions.is_empty() {
             self.conn.execute(
                 &format!(
                     "UPDATE {} SET value = ?1 WHERE key = 'committed'",
@@ -470,6 +555,12 @@ impl TableState {
             s.set_committed(n).map_err(core_err)?;
             drop(s);
             self.committed = n;
+            if !self.compactions.is_empty() {
+                self.compactions.clear();
+                // The old file is an orphan now; the next write of this connection removes it.
+                self.orphans_collected = false;
+                self.publish_memory_store();
+            }
         }
         self.in_write = false;
         self.savepoints.clear();
@@ -479,17 +570,21 @@ impl TableState {
 
     /// Step 5: the transaction rolled back: forget the uncommitted appends.
     pub fn rollback(&mut self) -> rusqlite::Result<()> {
+        while self.undo_compaction() {}
+        let mut r = Ok(());
         if self.in_write {
             let c = self.committed;
             let mut s = self.store();
             if s.len() > c {
-                s.truncate(c).map_err(core_err)?;
+                // If this fails the rows stay past the committed count, where no reader looks, and the
+                // next write transaction truncates them; the state below is reset either way.
+                r = s.truncate(c).map_err(core_err);
             }
         }
         self.in_write = false;
         self.savepoints.clear();
         self.live = None;
-        Ok(())
+        r
     }
 
     /// `xSavepoint`.
@@ -502,18 +597,179 @@ impl TableState {
     /// `xRelease`.
     pub fn release(&mut self, i: i32) {
         self.savepoints.retain(|(s, _)| *s < i);
+        // A compaction made under savepoint `i` or a later one now belongs to the enclosing savepoint
+        // (or to the transaction): a new savepoint `i` rolled back later must not undo it.
+        let outer = if i > 0 { Some(i - 1) } else { None };
+        for c in &mut self.compactions {
+            if c.under_savepoint.is_some_and(|m| m >= i) {
+                c.under_savepoint = outer;
+            }
+        }
     }
 
     /// `xRollbackTo`.
     pub fn rollback_to(&mut self, i: i32) -> rusqlite::Result<()> {
+        // Undo the compactions made after savepoint `i` was opened (newest first).
+        while matches!(self.compactions.last(), Some(c) if c.under_savepoint.is_some_and(|m| i <= m))
+        {
+            self.undo_compaction();
+        }
         if let Some(&(_, n)) = self.savepoints.iter().find(|(s, _)| *s == i) {
             let mut s = self.store();
             if s.len() > n && n >= self.committed {
-                s.truncate(n).map_err(core_err)?;
+                // Failing to give the space back is not an error of ROLLBACK TO (SQLite would only say
+                // "SQL logic error"): the rows stay as dead slots that no `<t>_rows` entry names, and
+                // compaction reclaims them.
+                let _ = s.truncate(n);
             }
         }
         self.savepoints.retain(|(s, _)| *s <= i);
         self.live = None;
+        Ok(())
+    }
+
+    /// Puts back what a compaction of this transaction replaced (the transaction or its savepoint rolled
+    /// back; SQLite restores `<t>_rows` and `<t>_info` itself). The new file is left as an orphan for the
+    /// next write to remove, under the write lock.
+    /// Undoes the newest compaction; `false` if there was none.
+    fn undo_compaction(&mut self) -> bool {
+        let Some(c) = self.compactions.pop() else {
+            return false;
+        };
+        self.store = c.old_store;
+        self.generation = c.old_generation;
+        self.committed = c.old_committed;
+        self.live = None;
+        self.orphans_collected = false;
+        true
+    }
+
+    /// After a compaction of an in-memory table commits, a re-connect must find the new store.
+    fn publish_memory_store(&self) {
+        if self.store().path().is_none() {
+            mem_stores()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(self.table_id, self.store.clone());
+        }
+    }
+
+    /// Compaction (`INSERT INTO t(t) VALUES ('optimize')`): copies the live rows, in slot order and bit
+    /// for bit, into a new vector file of generation `g + 1`, syncs it, renumbers the slots in `<t>_rows`
+    /// and names the new generation in `<t>_info`, all inside the current write transaction. Until SQLite
+    /// commits, every other connection keeps using generation `g`, which is never touched; a crash before
+    /// the commit leaves `g + 1` as an orphan, a crash after it leaves `g` as one, and the next writer
+    /// removes it. Returns the number of rows kept.
+    pub fn optimize(&mut self) -> rusqlite::Result<u64> {
+        /// Rows are copied in chunks of about this many bytes.
+        const COPY_BYTES: usize = 4 << 20;
+        self.begin_write()?;
+        let slots: Vec<i64> = {
+            let mut st = self.conn.prepare(&format!(
+                "SELECT slot FROM {} ORDER BY slot",
+                self.rows_table()
+            ))?;
+            let v = st
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            v
+        };
+        let generation = self.generation + 1;
+        let layout = self.def.layout;
+        let mut new = match db_file(&self.conn, &self.schema)? {
+            Some(db) => {
+                let path = checked_sidecar_path(&db, &self.table_id, generation)?;
+                // A file of this generation can only be the leftover of a compaction that crashed or
+                // rolled back: `<t>_info` names an older one and we hold the write lock.
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(table_err(
+                            &self.name,
+                            format!("cannot replace the stale file {}: {e}", path.display()),
+                        ))
+                    }
+                    _ => {}
+                }
+                let header = Header {
+                    layout,
+                    table_id: self.table_id,
+                    generation,
+                };
+                VectorStore::create_with_header(&path, header)
+                    .map_err(|e| table_err(&self.name, e))?
+            }
+            None => VectorStore::in_memory(layout),
+        };
+        if let Err(e) = self.fill_compacted(&mut new, &slots, generation, COPY_BYTES) {
+            if let Some(p) = new.path().map(Path::to_path_buf) {
+                drop(new);
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        let old = std::mem::replace(&mut self.store, Arc::new(Mutex::new(new)));
+        self.compactions.push(Compaction {
+            old_store: old,
+            old_generation: self.generation,
+            old_committed: self.committed,
+            under_savepoint: self.savepoints.iter().map(|s| s.0).max(),
+        });
+        self.generation = generation;
+        // No reader can be using the new file, so nothing in it is protected from rollback truncation.
+        self.committed = 0;
+        self.live = None;
+        self.load_live()?;
+        Ok(slots.len() as u64)
+    }
+
+    /// Copies the rows at `slots` of the current store into `new`, syncs it, and rewrites the shadow
+    /// tables for `generation` (inside the transaction).
+    fn fill_compacted(
+        &self,
+        new: &mut VectorStore,
+        slots: &[i64],
+        generation: u64,
+        copy_bytes: usize,
+    ) -> rusqlite::Result<()> {
+        {
+            let mut old = self.store();
+            let n = old.len();
+            let view = old.view(n).map_err(|e| table_err(&self.name, e))?;
+            let mut buf = Vec::with_capacity(copy_bytes + self.def.layout.stride());
+            for &slot in slots {
+                if slot < 0 || slot as u64 >= n {
+                    return Err(table_err(
+                        &self.name,
+                        format!("a row points at slot {slot}, but the vector file holds {n} rows; run phenix_check"),
+                    ));
+                }
+                buf.extend_from_slice(view.raw(slot as usize..slot as usize + 1));
+                if buf.len() >= copy_bytes {
+                    new.append_encoded(&buf)
+                        .map_err(|e| table_err(&self.name, e))?;
+                    buf.clear();
+                }
+            }
+            if !buf.is_empty() {
+                new.append_encoded(&buf)
+                    .map_err(|e| table_err(&self.name, e))?;
+            }
+        }
+        new.sync().map_err(|e| table_err(&self.name, e))?;
+        let rows = self.rows_table();
+        self.conn.execute(
+            &format!(
+                "UPDATE {rows} SET slot = m.n FROM (SELECT rowid AS r, row_number() OVER (ORDER BY slot) - 1 AS n FROM {rows}) AS m WHERE {rows}.rowid = m.r"
+            ),
+            [],
+        )?;
+        self.conn.execute(
+            &format!(
+                "UPDATE {} SET value = ?1 WHERE key = 'generation'",
+                self.info_table()
+            ),
+            [generation as i64],
+        )?;
         Ok(())
     }
 
@@ -543,6 +799,64 @@ impl TableState {
     }
 }
 
+/// Opens the vector file of generation `at.0` with `at.1` committed rows, and checks that it is the
+/// table's own file (table id) of that generation.
+fn open_file(
+    conn: &Connection,
+    schema: &str,
+    name: &str,
+    db: &Path,
+    layout: Layout,
+    id: &[u8; 16],
+    at: (u64, u64),
+) -> rusqlite::Result<VectorStore> {
+    let (generation, committed) = at;
+    let path = checked_sidecar_path(db, id, generation)?;
+    if std::fs::symlink_metadata(&path).is_err() && newer_generation_exists(db, id, generation) {
+        // A WAL reader whose snapshot predates a compaction that has since committed, and whose old
+        // file the next writer already removed: like SQLite's own SQLITE_BUSY_SNAPSHOT, the caller
+        // retries the read transaction and sees the new generation.
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some(format!(
+                "phenix: phenix table {name}: this read transaction's snapshot names vector file generation {generation}, which a later compaction replaced; retry the transaction (busy)"
+            )),
+        ));
+    }
+    let readonly = conn.is_readonly(schema)?;
+    let s = VectorStore::open(&path, Some(layout), committed, !readonly)
+        .map_err(|e| table_err(name, e))?;
+    if s.header().table_id != *id {
+        return Err(sql_error(format!(
+            "phenix table {name}: the vector file {} belongs to another table",
+            path.display()
+        )));
+    }
+    if s.header().generation != generation {
+        return Err(sql_error(format!(
+            "phenix table {name}: the vector file {} is generation {}, but {name}_info names generation {generation}",
+            path.display(),
+            s.header().generation
+        )));
+    }
+    Ok(s)
+}
+
+/// Whether the sidecar directory holds a file of table `id` with a generation above `generation`.
+fn newer_generation_exists(db: &Path, id: &[u8; 16], generation: u64) -> bool {
+    let prefix = format!("{}.g", hex(id));
+    std::fs::read_dir(sidecar_dir(db)).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".phx"))
+                .and_then(|g| g.parse::<u64>().ok())
+                .is_some_and(|g| g > generation)
+        })
+    })
+}
+
 /// Removes vector files in the sidecar directory of `schema` that no phenix table of that schema refers
 /// to (left by a committed DROP TABLE or an interrupted compaction). Runs only under SQLite's write
 /// lock (from `CREATE VIRTUAL TABLE` and a transaction's first write), so no other connection can be
@@ -552,7 +866,7 @@ pub fn collect_orphans(conn: &Connection, schema: &str) -> rusqlite::Result<usiz
     let Some(db) = db_file(conn, schema)? else {
         return Ok(0);
     };
-    let dir = sidecar_dir(&db);
+    let dir = checked_sidecar_dir(&db)?;
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(0);
     };
@@ -577,15 +891,22 @@ pub fn collect_orphans(conn: &Connection, schema: &str) -> rusqlite::Result<usiz
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         );
-        if let Ok((id, g)) = r {
-            referenced.insert(format!("{id}.g{g}.phx"));
+        match r {
+            Ok((id, g)) if unhex(&id).is_some() && g >= 0 => {
+                referenced.insert(format!("{id}.g{g}.phx"));
+            }
+            // A table whose reference cannot be read (damaged shadow table): its file cannot be told
+            // from an orphan, so remove nothing.
+            _ => return Ok(0),
         }
     }
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let ours = name.ends_with(".phx") && name.len() > 36 && unhex(&name[..32]).is_some();
-        if ours && !referenced.contains(&name) && std::fs::remove_file(e.path()).is_ok() {
+        let ours = name.ends_with(".phx") && name.get(..32).and_then(unhex).is_some();
+        let regular = e.file_type().is_ok_and(|t| t.is_file());
+        if ours && regular && !referenced.contains(&name) && std::fs::remove_file(e.path()).is_ok()
+        {
             removed += 1;
         }
     }

@@ -1,0 +1,174 @@
+//! `phenix_backup(dest [, schema])`: a consistent copy of a database and the vector files of its phenix
+//! tables, safe while other connections write.
+//!
+//! `VACUUM INTO` and the sqlite3 `.backup` command copy the database file only; a phenix table's vectors
+//! live in the sidecar directory. `phenix_backup` opens its own read-only connection on the database,
+//! starts one read transaction (a WAL snapshot, or a shared lock in rollback-journal mode, so writers
+//! wait until it ends), and under it:
+//! 1. reads every phenix table's table id, generation and committed count from its `<t>_info`, and opens
+//!    its vector file;
+//! 2. copies the header and the first `committed` rows of each file into `<dest>-phenix/` and syncs them
+//!    (rows below the committed count are never rewritten, so the copy is the committed state);
+//! 3. copies the database pages with SQLite's online-backup API, inside the same read transaction.
+//!
+//! The result is the last committed state: a write transaction still open on the calling connection is
+//! not part of it.
+
+use super::state::{self, checked_sidecar_dir, checked_sidecar_path, qualified};
+use crate::error::sql_error;
+use crate::functions::{create_path_function, path_arg};
+use phenix_core::store::{sync_parent_dir, VectorStore};
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::Duration;
+
+const F: &str = "phenix_backup";
+
+/// Registers `phenix_backup(dest)` and `phenix_backup(dest, schema)` (DIRECTONLY: they write files).
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    for n_arg in [1, 2] {
+        create_path_function(conn, F, n_arg, move |ctx| {
+            let dest = path_arg(ctx, 0, F)?;
+            let schema = if n_arg == 2 {
+                super::text_arg(ctx.get_raw(1), F, "argument 2 (schema)")?.to_string()
+            } else {
+                "main".to_string()
+            };
+            // SAFETY: the connection is only used for the duration of this call, on its own thread.
+            let conn = unsafe { ctx.get_connection() }?;
+            let src = state::db_file(&conn, &schema)?.ok_or_else(|| {
+                sql_error(format!(
+                    "{F}: schema {schema} is not a database file (temp, :memory: or unknown); only file databases can be backed up"
+                ))
+            })?;
+            let r = backup(&src, &dest)?;
+            Ok(serde_json::json!({"tables": r.0, "rows": r.1}).to_string())
+        })?;
+    }
+    Ok(())
+}
+
+/// Copies database `src` and its phenix vector files to `dest`; returns (tables, rows copied).
+pub fn backup(src: &Path, dest: &Path) -> rusqlite::Result<(u64, u64)> {
+    let dest_dir = state::sidecar_dir(dest);
+    for p in [dest, dest_dir.as_path()] {
+        if std::fs::symlink_metadata(p).is_ok() {
+            return Err(sql_error(format!(
+                "{F}: {} already exists; the destination must be a new file",
+                p.display()
+            )));
+        }
+    }
+    let s = Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    s.busy_timeout(Duration::from_secs(10))?;
+    s.execute_batch("BEGIN")?;
+    // The first read starts the read transaction: from here on `s` sees one snapshot.
+    let tables: Vec<String> = {
+        let mut st = s.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%USING phenix%'",
+        )?;
+        let v = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        v
+    };
+    let result = copy_all(&s, src, dest, &tables);
+    let _ = s.execute_batch("COMMIT");
+    if result.is_err() {
+        // Leave nothing half-made behind.
+        let _ = std::fs::remove_dir_all(&dest_dir);
+        let _ = std::fs::remove_file(dest);
+    }
+    result
+}
+
+fn copy_all(
+    s: &Connection,
+    src: &Path,
+    dest: &Path,
+    tables: &[String],
+) -> rusqlite::Result<(u64, u64)> {
+    // Open every vector file first (an open descriptor survives a compaction's clean-up).
+    let mut files = Vec::new();
+    for t in tables {
+        let info = qualified("main", &format!("{t}_info"));
+        let (id, generation, committed): (String, i64, i64) = s.query_row(
+            &format!(
+                "SELECT (SELECT value FROM {info} WHERE key = 'table_id'), (SELECT value FROM {info} WHERE key = 'generation'), (SELECT value FROM {info} WHERE key = 'committed')"
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        ).map_err(|e| sql_error(format!("{F}: phenix table {t}: cannot read {t}_info: {e}; run phenix_check")))?;
+        let bad = || {
+            sql_error(format!(
+                "{F}: phenix table {t}: {t}_info is damaged; run phenix_check"
+            ))
+        };
+        let id_bytes = state::unhex(&id).ok_or_else(bad)?;
+        if generation < 0 || committed < 0 {
+            return Err(bad());
+        }
+        let path = checked_sidecar_path(src, &id_bytes, generation as u64)?;
+        let store = VectorStore::open(&path, None, committed as u64, false)
+            .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
+        if store.header().table_id != id_bytes || store.header().generation != generation as u64 {
+            return Err(sql_error(format!(
+                "{F}: phenix table {t}: the vector file {} does not match {t}_info; run phenix_check",
+                path.display()
+            )));
+        }
+        files.push((
+            t.clone(),
+            id_bytes,
+            generation as u64,
+            committed as u64,
+            store,
+        ));
+    }
+    let mut rows = 0u64;
+    if !files.is_empty() {
+        let dir = state::sidecar_dir(dest);
+        std::fs::create_dir(&dir)
+            .map_err(|e| sql_error(format!("{F}: cannot create {}: {e}", dir.display())))?;
+        checked_sidecar_dir(dest)?;
+        for (t, id, generation, committed, mut store) in files {
+            let path = state::sidecar_path(dest, &id, generation);
+            let mut out = VectorStore::create_with_header(&path, *store.header())
+                .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
+            const CHUNK: u64 = 16_384;
+            let mut at = 0;
+            while at < committed {
+                let end = (at + CHUNK).min(committed);
+                let view = store
+                    .view(end)
+                    .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
+                out.append_encoded(view.raw(at as usize..end as usize))
+                    .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
+                at = end;
+            }
+            out.sync()
+                .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
+            rows += committed;
+        }
+    }
+    let mut d = Connection::open(dest)?;
+    {
+        let b = Backup::new(s, &mut d)?;
+        // All pages in one step, inside `s`'s read transaction.
+        match b.step(-1)? {
+            StepResult::Done => {}
+            other => {
+                return Err(sql_error(format!(
+                    "{F}: the database copy did not finish ({other:?}); retry"
+                )))
+            }
+        }
+    }
+    drop(d);
+    sync_parent_dir(dest).map_err(sql_error)?;
+    Ok((tables.len() as u64, rows))
+}

@@ -1,0 +1,377 @@
+//! `phenix_check('table')` and `INSERT INTO t(t) VALUES ('integrity-check')`: an integrity check of one
+//! phenix table across its shadow tables and its vector file.
+//!
+//! It checks, without trusting the cached state of any connection:
+//! - `<t>_info`: a valid table id, committed count, generation, format 1 and a parseable definition;
+//! - the vector file of that generation: present, a regular file, its header (magic, version, checksum)
+//!   valid, its layout equal to the definition, its table id and generation equal to `<t>_info`'s, and at
+//!   least the committed number of rows;
+//! - `<t>_rows`: every slot an integer below the committed count, no slot used twice;
+//! - every live vector finite.
+//!
+//! The result is `ok` or one line per problem (like `PRAGMA integrity_check`). A table whose damage stops
+//! it from opening is still checked: the check opens the file itself, read-only.
+
+use super::retrieve::split_name;
+use super::schema::{self, TableDef};
+use super::state::{self, TableState};
+use super::vtab::lock_state;
+use super::{table_err, text_arg};
+use crate::error::sql_error;
+use phenix_core::store::VectorStore;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension};
+
+/// Registers `phenix_check(table)`.
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        "phenix_check",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY,
+        |ctx| {
+            let name = text_arg(ctx.get_raw(0), "phenix_check", "argument 1 (table name)")?;
+            // SAFETY: the connection is only used for the duration of this call, on its own thread.
+            let conn = unsafe { ctx.get_connection() }?;
+            let problems = check_table(&conn, name)?;
+            Ok(if problems.is_empty() {
+                "ok".to_string()
+            } else {
+                problems.join("\n")
+            })
+        },
+    )
+}
+
+/// Checks table `name` (`table` or `schema.table`) as committed, or as this connection's open write
+/// transaction sees it. An error only when there is no such phenix table; problems are returned.
+pub fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec<String>> {
+    let (schema, table) = split_name(name);
+    let sql: Option<String> = conn
+        .query_row(
+            &format!(
+                "SELECT sql FROM \"{}\".sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+                schema.replace('"', "\"\"")
+            ),
+            [&table],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| sql_error(format!("phenix_check: no table {name}: {e}")))?;
+    let is_phenix = sql.is_some_and(|s| {
+        let s = s.to_ascii_lowercase();
+        s.starts_with("create virtual table") && s.contains("using phenix")
+    });
+    if !is_phenix {
+        return Err(sql_error(format!(
+            "phenix_check: {name} is not a phenix table in schema {schema}"
+        )));
+    }
+    // This connection's own write transaction: check what it sees (rows past the committed count
+    // that it appended are live).
+    // SAFETY: only the handle's address is used, as a registry key.
+    let db = unsafe { conn.handle() } as usize;
+    if let Some(s) = state::lookup_state(&state::key(db, &schema, &table)) {
+        let st = lock_state(&s);
+        if st.in_write {
+            return check_state(&st);
+        }
+    }
+    let mut p = Vec::new();
+    let Some(info) = read_info(conn, &schema, &table, &mut p)? else {
+        return Ok(p);
+    };
+    let mut store = match state::db_file(conn, &schema)? {
+        Some(dbf) => match open_checked(&dbf, &table, &info, &mut p) {
+            Some(s) => s,
+            None => return Ok(p),
+        },
+        None => {
+            // In-memory tables: the vectors live in this process; check them through the connection.
+            let Some(s) = state::lookup_state(&state::key(db, &schema, &table)) else {
+                p.push(format!(
+                    "{table}: its in-memory vectors are not loaded in this connection"
+                ));
+                return Ok(p);
+            };
+            let st = lock_state(&s);
+            let mut out = check_state(&st)?;
+            p.append(&mut out);
+            return Ok(p);
+        }
+    };
+    check_rows(conn, &schema, &table, &mut store, info.committed, &mut p)?;
+    Ok(p)
+}
+
+/// Checks a connected table through its state (the command form, and a table inside a write
+/// transaction).
+pub fn check_state(st: &TableState) -> rusqlite::Result<Vec<String>> {
+    let mut p = Vec::new();
+    let Some(info) = read_info(&st.conn, &st.schema, &st.name, &mut p)? else {
+        return Ok(p);
+    };
+    if let Some(dbf) = state::db_file(&st.conn, &st.schema)? {
+        // The file on disk, as another connection would open it (our own appends may still be
+        // buffered, so the committed count is the one to hold it to).
+        let at = if st.in_write {
+            Info {
+                generation: st.generation,
+                committed: st.committed.min(info.committed),
+                ..info.clone()
+            }
+        } else {
+            info.clone()
+        };
+        if open_checked(&dbf, &st.name, &at, &mut p).is_none() {
+            return Ok(p);
+        }
+    }
+    let bound = st.visible_rows();
+    let mut store = st.store();
+    check_rows(&st.conn, &st.schema, &st.name, &mut store, bound, &mut p)?;
+    Ok(p)
+}
+
+#[derive(Clone)]
+struct Info {
+    id: [u8; 16],
+    committed: u64,
+    generation: u64,
+    def: TableDef,
+}
+
+/// Reads and validates `<t>_info`; `None` (with problems) when the rest cannot be checked.
+fn read_info(
+    conn: &Connection,
+    schema: &str,
+    table: &str,
+    p: &mut Vec<String>,
+) -> rusqlite::Result<Option<Info>> {
+    let info = state::qualified(schema, &format!("{table}_info"));
+    let mut vals = std::collections::HashMap::new();
+    let r = conn
+        .prepare(&format!("SELECT key, value FROM {info}"))
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Value>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+    match r {
+        Ok(rows) => vals.extend(rows),
+        Err(e) => {
+            p.push(format!("{table}_info cannot be read: {e}"));
+            return Ok(None);
+        }
+    }
+    let int = |k: &str, p: &mut Vec<String>| match vals.get(k) {
+        Some(Value::Integer(i)) if *i >= 0 => Some(*i as u64),
+        other => {
+            p.push(format!(
+                "{table}_info: `{k}` is {}; expected a non-negative integer",
+                describe(other)
+            ));
+            None
+        }
+    };
+    let committed = int("committed", p);
+    let generation = int("generation", p);
+    if let Some(f) = int("format", p) {
+        if f != 1 {
+            p.push(format!(
+                "{table}_info: format {f}; this phenix reads format 1"
+            ));
+        }
+    }
+    let id = match vals.get("table_id") {
+        Some(Value::Text(t)) => state::unhex(t),
+        _ => None,
+    };
+    if id.is_none() {
+        p.push(format!(
+            "{table}_info: `table_id` is {}; expected 32 hex digits",
+            describe(vals.get("table_id"))
+        ));
+    }
+    let def = match vals.get("definition") {
+        Some(Value::Text(d)) => {
+            let args: Vec<&str> = d.split(", ").collect();
+            match schema::parse(table, &args) {
+                Ok(def) => Some(def),
+                Err(e) => {
+                    p.push(format!(
+                        "{table}_info: the stored definition does not parse: {e}"
+                    ));
+                    None
+                }
+            }
+        }
+        other => {
+            p.push(format!(
+                "{table}_info: `definition` is {}; expected text",
+                describe(other)
+            ));
+            None
+        }
+    };
+    Ok(match (id, committed, generation, def) {
+        (Some(id), Some(committed), Some(generation), Some(def)) => Some(Info {
+            id,
+            committed,
+            generation,
+            def,
+        }),
+        _ => None,
+    })
+}
+
+fn describe(v: Option<&Value>) -> String {
+    match v {
+        None => "missing".into(),
+        Some(Value::Null) => "NULL".into(),
+        Some(Value::Integer(i)) => format!("{i}"),
+        Some(Value::Real(r)) => format!("{r}"),
+        Some(Value::Text(t)) => format!("'{}'", t.chars().take(40).collect::<String>()),
+        Some(Value::Blob(b)) => format!("a blob of {} bytes", b.len()),
+    }
+}
+
+/// Opens the table's vector file read-only and checks its header against `<t>_info`.
+fn open_checked(
+    db: &std::path::Path,
+    table: &str,
+    info: &Info,
+    p: &mut Vec<String>,
+) -> Option<VectorStore> {
+    let path = match state::checked_sidecar_path(db, &info.id, info.generation) {
+        Ok(p) => p,
+        Err(e) => {
+            p.push(e.to_string());
+            return None;
+        }
+    };
+    match std::fs::symlink_metadata(&path) {
+        Err(e) => {
+            p.push(format!(
+                "the vector file {} cannot be read: {e}",
+                path.display()
+            ));
+            return None;
+        }
+        Ok(m) if !m.file_type().is_file() => {
+            p.push(format!(
+                "the vector file {} is not a regular file",
+                path.display()
+            ));
+            return None;
+        }
+        Ok(_) => {}
+    }
+    let s = match VectorStore::open(&path, Some(info.def.layout), info.committed, false) {
+        Ok(s) => s,
+        Err(e) => {
+            p.push(table_err(table, e).to_string());
+            return None;
+        }
+    };
+    if s.header().table_id != info.id {
+        p.push(format!(
+            "the vector file {} belongs to another table (its table id differs from {table}_info's)",
+            path.display()
+        ));
+        return None;
+    }
+    if s.header().generation != info.generation {
+        p.push(format!(
+            "the vector file {} is generation {}, but {table}_info names generation {}",
+            path.display(),
+            s.header().generation,
+            info.generation
+        ));
+        return None;
+    }
+    Some(s)
+}
+
+/// Checks `<t>_rows` against a store holding `bound` readable rows, and every live vector.
+fn check_rows(
+    conn: &Connection,
+    schema: &str,
+    table: &str,
+    store: &mut VectorStore,
+    bound: u64,
+    p: &mut Vec<String>,
+) -> rusqlite::Result<()> {
+    let rows = state::qualified(schema, &format!("{table}_rows"));
+    let mut slots: Vec<u64> = Vec::new();
+    let mut bad_type = 0u64;
+    let mut out_of_range = 0u64;
+    let mut first_bad: Option<(i64, String)> = None;
+    {
+        let mut st = match conn.prepare(&format!("SELECT rowid, slot FROM {rows}")) {
+            Ok(s) => s,
+            Err(e) => {
+                p.push(format!("{table}_rows cannot be read: {e}"));
+                return Ok(());
+            }
+        };
+        let mut q = st.query([])?;
+        while let Some(r) = q.next()? {
+            let rowid: i64 = r.get(0)?;
+            match r.get::<_, Value>(1)? {
+                Value::Integer(s) if s >= 0 && (s as u64) < bound => slots.push(s as u64),
+                Value::Integer(s) => {
+                    out_of_range += 1;
+                    first_bad.get_or_insert((rowid, s.to_string()));
+                }
+                other => {
+                    bad_type += 1;
+                    first_bad.get_or_insert((rowid, describe(Some(&other))));
+                }
+            }
+        }
+    }
+    if out_of_range + bad_type > 0 {
+        let (rowid, slot) = first_bad.unwrap_or_default();
+        let what = match (out_of_range, bad_type) {
+            (n, 0) => format!("{n} row(s) point past the {bound} rows of the vector file"),
+            (0, n) => format!("{n} row(s) have a slot that is not an integer"),
+            (n, m) => format!(
+                "{n} row(s) point past the {bound} rows of the vector file and {m} have a slot that is not an integer"
+            ),
+        };
+        p.push(format!(
+            "{table}_rows: {what} (first: row {rowid}, slot {slot})"
+        ));
+    }
+    slots.sort_unstable();
+    let dup = slots.windows(2).filter(|w| w[0] == w[1]).count();
+    if dup > 0 {
+        p.push(format!(
+            "{table}_rows: {dup} slot(s) are used by more than one row"
+        ));
+    }
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let view = match store.view(bound) {
+        Ok(v) => v,
+        Err(e) => {
+            p.push(table_err(table, e).to_string());
+            return Ok(());
+        }
+    };
+    let mut bad = 0u64;
+    let mut first = None;
+    for &s in &slots {
+        if view.row(s as usize).to_f32().iter().any(|x| !x.is_finite()) {
+            bad += 1;
+            first.get_or_insert(s);
+        }
+    }
+    if let Some(s) = first {
+        p.push(format!(
+            "{table}: {bad} stored vector(s) hold NaN or infinity (first at slot {s})"
+        ));
+    }
+    Ok(())
+}
