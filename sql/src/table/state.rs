@@ -434,14 +434,14 @@ impl TableState {
     /// Before a read: if another connection committed since the last load, reload the committed count and
     /// the live set.
     pub fn refresh_for_read(&mut self) -> rusqlite::Result<()> {
-        let dv: i64 = self.conn.query_row(
-            &format!(
+        // Cached: this runs before every query (a fresh prepare cost a few µs each time).
+        let dv: i64 = self
+            .conn
+            .prepare_cached(&format!(
                 "PRAGMA \"{}\".data_version",
                 self.schema.replace('"', "\"\"")
-            ),
-            [],
-            |r| r.get(0),
-        )?;
+            ))?
+            .query_row([], |r| r.get(0))?;
         if dv != self.data_version && !self.in_write {
             let (c, g) = self.read_info()?;
             self.follow(c, g)?;
@@ -501,7 +501,7 @@ impl TableState {
             [],
         )?;
         if !self.orphans_collected {
-            collect_orphans(&self.conn, &self.schema)?;
+            collect_orphans(&self.conn, &self.schema, None)?;
             self.orphans_collected = true;
         }
         let (c, g) = self.read_info()?;
@@ -862,7 +862,14 @@ fn newer_generation_exists(db: &Path, id: &[u8; 16], generation: u64) -> bool {
 /// lock (from `CREATE VIRTUAL TABLE` and a transaction's first write), so no other connection can be
 /// creating a table at the same time; a reader still using a removed file keeps its open descriptor and
 /// map, which Linux keeps valid after unlink.
-pub fn collect_orphans(conn: &Connection, schema: &str) -> rusqlite::Result<usize> {
+///
+/// `creating` names a table whose `CREATE VIRTUAL TABLE` is running: its schema row exists but its
+/// shadow tables do not yet (and it has no file to protect).
+pub fn collect_orphans(
+    conn: &Connection,
+    schema: &str,
+    creating: Option<&str>,
+) -> rusqlite::Result<usize> {
     let Some(db) = db_file(conn, schema)? else {
         return Ok(0);
     };
@@ -883,6 +890,9 @@ pub fn collect_orphans(conn: &Connection, schema: &str) -> rusqlite::Result<usiz
         v
     };
     for t in tables {
+        if creating.is_some_and(|c| c.eq_ignore_ascii_case(&t)) {
+            continue;
+        }
         let info = info_table(schema, &t);
         let r: rusqlite::Result<(String, i64)> = conn.query_row(
             &format!(

@@ -75,7 +75,7 @@ impl PhenixTab {
         let decl = CString::new(def.declare(&name))
             .map_err(|_| sql_error("column name holds a NUL byte"))?;
         let st = if create {
-            state::collect_orphans(&conn, &schema)?;
+            state::collect_orphans(&conn, &schema, Some(&name))?;
             TableState::create(conn, &schema, &name, def)?
         } else {
             TableState::connect(conn, &schema, &name, def)?
