@@ -3,6 +3,7 @@
 //! File sizes are printed once per engine.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use phenix_benches::compare::register_sqlite_vec;
 use phenix_benches::random_vec;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -10,26 +11,6 @@ use std::time::{Duration, Instant};
 
 const ROWS: usize = 100_000;
 const DIM: usize = 256;
-
-fn register_sqlite_vec() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: `sqlite3_vec_init` has the signature of an SQLite extension entry point; the
-        // auto-extension is registered once, before any connection is opened by this benchmark.
-        unsafe {
-            rusqlite::ffi::sqlite3_auto_extension(Some(std::mem::transmute::<
-                *const (),
-                unsafe extern "C" fn(
-                    *mut rusqlite::ffi::sqlite3,
-                    *mut *mut std::ffi::c_char,
-                    *const rusqlite::ffi::sqlite3_api_routines,
-                ) -> std::ffi::c_int,
-            >(
-                sqlite_vec::sqlite3_vec_init as *const (),
-            )));
-        }
-    });
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Engine {

@@ -17,6 +17,8 @@
 //! `PHENIX_PROPTEST_CASES=N` to run every property with N cases (e.g. 5000 for a long run:
 //! `PHENIX_PROPTEST_CASES=5000 cargo test --release -p phenix-sql --test bad_input`).
 
+mod common;
+use common::TempDir;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rusqlite::types::Value;
@@ -217,22 +219,6 @@ fn expect_err<T: std::fmt::Debug>(r: rusqlite::Result<T>, ctx: &str) -> String {
     match r {
         Ok(v) => panic!("{ctx}: expected an error, got {v:?}"),
         Err(e) => phenix_msg(&e, ctx),
-    }
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p =
-            std::env::temp_dir().join(format!("phenix-bad-input-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

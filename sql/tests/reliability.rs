@@ -322,6 +322,20 @@ fn damaged_setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (db, side.into())
 }
 
+/// Copies the vector file of `table` (generation 0) over `dest`.
+fn copy_sidecar_of(db: &Path, table: &str, dest: &Path) {
+    let id: String = open(db)
+        .query_row(
+            &format!("SELECT value FROM {table}_info WHERE key = 'table_id'"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut other = db.as_os_str().to_owned();
+    other.push(format!("-phenix/{id}.g0.phx"));
+    std::fs::copy(std::path::PathBuf::from(other), dest).unwrap();
+}
+
 #[test]
 fn corruption_is_reported_by_check_and_on_open() {
     type Damage = fn(&Path, &Path);
@@ -350,37 +364,19 @@ fn corruption_is_reported_by_check_and_on_open() {
         ),
         (
             "sidecar of another table",
-            |db, side| {
-                let c = open(db);
-                let id: String = c
-                    .query_row("SELECT value FROM u_info WHERE key = 'table_id'", [], |r| {
-                        r.get(0)
-                    })
-                    .unwrap();
-                drop(c);
-                let mut other = db.as_os_str().to_owned();
-                other.push(format!("-phenix/{id}.g0.phx"));
-                std::fs::copy(std::path::PathBuf::from(other), side).unwrap();
-            },
+            |db, side| copy_sidecar_of(db, "u", side),
             "belongs to another table",
         ),
         (
             "wrong dimension",
             |db, side| {
-                let c = open(db);
-                c.execute_batch("CREATE VIRTUAL TABLE w USING phenix(v float16[8])")
+                open(db)
+                    .execute_batch(
+                        "CREATE VIRTUAL TABLE w USING phenix(v float16[8]);
+                         INSERT INTO w(v) VALUES ('[1,2,3,4,5,6,7,8]');",
+                    )
                     .unwrap();
-                c.execute("INSERT INTO w(v) VALUES ('[1,2,3,4,5,6,7,8]')", [])
-                    .unwrap();
-                let id: String = c
-                    .query_row("SELECT value FROM w_info WHERE key = 'table_id'", [], |r| {
-                        r.get(0)
-                    })
-                    .unwrap();
-                drop(c);
-                let mut other = db.as_os_str().to_owned();
-                other.push(format!("-phenix/{id}.g0.phx"));
-                std::fs::copy(std::path::PathBuf::from(other), side).unwrap();
+                copy_sidecar_of(db, "w", side)
             },
             "float16[8]",
         ),

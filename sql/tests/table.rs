@@ -2,69 +2,9 @@
 //! transactions, savepoints, reopen, UPDATE/DELETE, retrieval functions, DROP/RENAME and errors.
 
 use rusqlite::{params, Connection};
-use std::path::{Path, PathBuf};
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("phenix-sql-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn open(path: &Path) -> Connection {
-    let c = Connection::open(path).unwrap();
-    phenix_sql::register(&c).unwrap();
-    c
-}
-
-fn mem() -> Connection {
-    let c = Connection::open_in_memory().unwrap();
-    phenix_sql::register(&c).unwrap();
-    c
-}
-
-/// splitmix64 in [-1, 1).
-fn rand_vec(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-fn json(v: &[f32]) -> String {
-    format!(
-        "[{}]",
-        v.iter()
-            .map(|x| x.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    )
-}
-
-fn f16r(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
-}
-
-fn cos64(a: &[f32], b: &[f32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    1.0 - d / (na * nb)
-}
+mod common;
+use common::*;
 
 fn knn(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Vec<(i64, f64)> {
     c.prepare(sql)
