@@ -390,7 +390,8 @@ impl TableState {
 
     /// The committed count and the generation recorded in `<t>_info`.
     fn read_info(&self) -> rusqlite::Result<(u64, u64)> {
-        let (c, g): (Option<i64>, Option<i64>) = self.conn.query_row(
+        use rusqlite::types::Value;
+        let (c, g): (Value, Value) = self.conn.query_row(
             &format!(
                 "SELECT (SELECT value FROM {info} WHERE key = 'committed'), (SELECT value FROM {info} WHERE key = 'generation')",
                 info = self.info_table()
@@ -399,7 +400,7 @@ impl TableState {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         match (c, g) {
-            (Some(c), Some(g)) if c >= 0 && g >= 0 => Ok((c as u64, g as u64)),
+            (Value::Integer(c), Value::Integer(g)) if c >= 0 && g >= 0 => Ok((c as u64, g as u64)),
             _ => Err(sql_error(format!(
                 "phenix table {}: shadow table {}_info has no valid committed count or generation; run phenix_check",
                 self.name, self.name
