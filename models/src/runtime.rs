@@ -74,14 +74,18 @@ impl ExecutionProvider {
     }
 }
 
+/// Default [`RuntimeOptions::intra_spin_us`].
+const DEFAULT_INTRA_SPIN_US: u32 = 200;
+
 /// How models are loaded and run. `Default`: library found as documented, ONNX Runtime's
-/// default thread count, CPU, batches of 1024.
+/// default thread count, CPU, batches of 1024, intra-op workers spinning at most 200 µs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RuntimeOptions {
     library_path: Option<PathBuf>,
     intra_threads: usize,
     execution_provider: ExecutionProvider,
     max_batch: usize,
+    intra_spin_us: u32,
 }
 
 impl Default for RuntimeOptions {
@@ -91,6 +95,7 @@ impl Default for RuntimeOptions {
             intra_threads: 0,
             execution_provider: ExecutionProvider::Cpu,
             max_batch: 1024,
+            intra_spin_us: DEFAULT_INTRA_SPIN_US,
         }
     }
 }
@@ -122,6 +127,15 @@ impl RuntimeOptions {
         self
     }
 
+    /// How long, in microseconds, an idle ONNX Runtime intra-op worker busy-waits for its next
+    /// task before sleeping (default 200); 0 turns spinning off.
+    /// Longer spins hold a core that phenix's featurizer threads need between runs; without
+    /// spinning, waking the workers for every run slows one-molecule calls.
+    pub fn intra_spin_us(mut self, us: u32) -> Self {
+        self.intra_spin_us = us;
+        self
+    }
+
     /// The configured library path, if any.
     pub fn get_library_path(&self) -> Option<&Path> {
         self.library_path.as_deref()
@@ -140,6 +154,11 @@ impl RuntimeOptions {
     /// The configured maximum batch.
     pub fn get_max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    /// The configured intra-op spin time in microseconds (0 = no spinning).
+    pub fn get_intra_spin_us(&self) -> u32 {
+        self.intra_spin_us
     }
 }
 
@@ -395,6 +414,8 @@ fn library_version(path: &Path) -> Option<String> {
 pub struct Model {
     bundle: ModelBundle,
     featurizer: MorganFeaturizer,
+    /// Most threads [`Model::embed_molecules`] featurizes a batch on (see `featurize_batch`).
+    featurize_threads: usize,
     options: RuntimeOptions,
     runtime: RuntimeInfo,
     molecule: Mutex<Session>,
@@ -416,6 +437,8 @@ impl std::fmt::Debug for Model {
 /// Probe molecules run through the molecule encoder on load (`(SMILES, µM)`).
 const PROBE_MOLECULES: [(&str, f64); 2] =
     [("CC(=O)Oc1ccccc1C(=O)O", 1.0), ("c1ccc2[nH]ccc2c1", 10.0)];
+/// Molecules a featurizer thread takes at a time in [`Model::embed_molecules`].
+const FEATURIZE_BLOCK: usize = 16;
 /// How far from 1 an output norm may be for `distance: cosine`.
 const UNIT_NORM_TOLERANCE: f32 = 1e-3;
 
@@ -481,8 +504,16 @@ impl Model {
             (&manifest.phenomics.output, manifest.embedding.dim),
         )?;
 
+        // More featurizer threads than cores cannot help CPU-bound work. Decided once here:
+        // `available_parallelism` reads cgroup files, too slow for every one-molecule call.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let featurize_threads = match options.intra_threads {
+            0 => cores,
+            n => n.min(cores),
+        };
         let model = Model {
             featurizer,
+            featurize_threads,
             options: options.clone(),
             runtime: rt.info.clone(),
             molecule: Mutex::new(mol_session),
@@ -568,70 +599,103 @@ impl Model {
         let n_bits = self.featurizer.n_bits();
         let n_conc = m.concentration.n_features();
         let mut out = Vec::with_capacity(items.len() * self.dim());
+        let batch = self.options.max_batch.min(items.len());
+        // One input buffer for all batches (`features_into` overwrites every value of a row).
+        let mut fp = vec![0f32; batch * n_bits];
+        let mut conc = vec![0f32; batch * n_conc];
         for chunk in items.chunks(self.options.max_batch) {
             let rows = chunk.len();
-            let mut fp = vec![0f32; rows * n_bits];
-            let mut conc = vec![0f32; rows * n_conc];
-            // Featurize on up to `intra_threads` threads (the featurizer is half of the per-molecule
-            // cost); small batches stay on this thread.
-            let threads = self
-                .options
-                .get_intra_threads()
-                .clamp(1, rows.div_ceil(32).max(1));
-            let per = rows.div_ceil(threads);
-            let featurize =
-                |items: &[(&str, f64)], fp: &mut [f32], conc: &mut [f32]| -> Result<()> {
-                    for (i, &(smiles, c)) in items.iter().enumerate() {
-                        self.featurizer
-                            .features_into(smiles, &mut fp[i * n_bits..(i + 1) * n_bits])?;
-                        if !m
-                            .concentration
-                            .encode_into(c, &mut conc[i * n_conc..(i + 1) * n_conc])
-                        {
-                            return Err(Error::InvalidConcentration {
-                                smiles: smiles.to_string(),
-                                value: c,
-                                encoding: m.concentration.kind(),
-                            });
-                        }
-                    }
-                    Ok(())
-                };
-            if threads == 1 {
-                featurize(chunk, &mut fp, &mut conc)?;
-            } else {
-                let results: Vec<Result<()>> = std::thread::scope(|sc| {
-                    let featurize = &featurize;
-                    let handles: Vec<_> = chunk
-                        .chunks(per)
-                        .zip(fp.chunks_mut(per * n_bits))
-                        .zip(
-                            conc.chunks_mut((per * n_conc).max(1))
-                                .chain(std::iter::repeat_with(|| &mut [][..])),
-                        )
-                        .map(|((items, fp), conc)| sc.spawn(move || featurize(items, fp, conc)))
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(Error::InvalidInput("featurizer thread panicked".into()))
-                            })
-                        })
-                        .collect()
-                });
-                // Report the first failing molecule in input order.
-                for r in results {
-                    r?;
-                }
-            }
-            let mut inputs = vec![(m.input_fingerprint.as_str(), fp.as_slice(), n_bits)];
+            let fp = &mut fp[..rows * n_bits];
+            let conc = &mut conc[..rows * n_conc];
+            self.featurize_batch(chunk, fp, conc)?;
+            let mut inputs = vec![(m.input_fingerprint.as_str(), &fp[..], n_bits)];
             if let Some(name) = &m.input_concentration {
-                inputs.push((name.as_str(), conc.as_slice(), n_conc));
+                inputs.push((name.as_str(), &conc[..], n_conc));
             }
             self.run(Encoder::Molecule, rows, &inputs, &m.output, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Fills `fp` (`items.len() × n_bits`) and `conc` (`items.len() × n_conc`) for one batch.
+    /// The featurizer is most of the per-molecule cost, so a batch is featurized on up to
+    /// `intra_threads` threads (at most one per core; one per core when 0) that take blocks of [`FEATURIZE_BLOCK`]
+    /// molecules from a shared queue: molecules differ in size, and fixed halves would leave
+    /// one core idle at the end. Small batches stay on this thread. On failure, the error is
+    /// the first failing molecule in input order.
+    fn featurize_batch(
+        &self,
+        items: &[(&str, f64)],
+        fp: &mut [f32],
+        conc: &mut [f32],
+    ) -> Result<()> {
+        let m = &self.manifest().molecule;
+        let n_bits = self.featurizer.n_bits();
+        let n_conc = m.concentration.n_features();
+        let featurize = |items: &[(&str, f64)], fp: &mut [f32], conc: &mut [f32]| -> Result<()> {
+            for (i, &(smiles, c)) in items.iter().enumerate() {
+                self.featurizer
+                    .features_into(smiles, &mut fp[i * n_bits..(i + 1) * n_bits])?;
+                if !m
+                    .concentration
+                    .encode_into(c, &mut conc[i * n_conc..(i + 1) * n_conc])
+                {
+                    return Err(Error::InvalidConcentration {
+                        smiles: smiles.to_string(),
+                        value: c,
+                        encoding: m.concentration.kind(),
+                    });
+                }
+            }
+            Ok(())
+        };
+        let threads = self
+            .featurize_threads
+            .min(items.len().div_ceil(2 * FEATURIZE_BLOCK));
+        if threads <= 1 {
+            return featurize(items, fp, conc);
+        }
+        // Blocks in input order; each worker pops the next one. `conc` is empty when the encoding
+        // has no features: then every block gets an empty slice.
+        let blocks: Vec<_> = items
+            .chunks(FEATURIZE_BLOCK)
+            .zip(fp.chunks_mut(FEATURIZE_BLOCK * n_bits))
+            .zip(
+                conc.chunks_mut((FEATURIZE_BLOCK * n_conc).max(1))
+                    .chain(std::iter::repeat_with(|| &mut [][..])),
+            )
+            .enumerate()
+            .collect();
+        let queue = Mutex::new(blocks.into_iter());
+        let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+        let work = || {
+            loop {
+                // A statement of its own: the guard must be dropped before featurizing (in a
+                // `while let` scrutinee it would live through the loop body).
+                let next = lock(&queue).next();
+                let Some((index, ((items, fp), conc))) = next else {
+                    break;
+                };
+                if let Err(e) = featurize(items, fp, conc) {
+                    let mut slot = lock(&first_error);
+                    if slot.as_ref().is_none_or(|(i, _)| index < *i) {
+                        *slot = Some((index, e));
+                    }
+                }
+            }
+        };
+        let panicked = std::thread::scope(|sc| {
+            let helpers: Vec<_> = (1..threads).map(|_| sc.spawn(work)).collect();
+            work();
+            helpers.into_iter().any(|h| h.join().is_err())
+        });
+        if panicked {
+            return Err(Error::InvalidInput("featurizer thread panicked".into()));
+        }
+        match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Embeds phenomics profiles given as `rows × input_dim` floats, row-major (raw, before
@@ -808,6 +872,19 @@ fn create_session(
                     ))
                 })?;
         }
+        // ONNX Runtime's default lets idle workers spin for a long time after an operator; in
+        // `embed_molecules` they would hold a core the featurizer threads need between runs. A
+        // short spin still bridges the gaps between operators and between one-row runs.
+        // (Measured in docs/benchmarks.md, "Encoders".)
+        builder = if options.intra_spin_us == 0 {
+            builder.with_intra_op_spinning(false)
+        } else {
+            builder.with_config_entry(
+                "session.intra_op.spin_duration_us",
+                options.intra_spin_us.to_string(),
+            )
+        }
+        .map_err(|e| runtime_err(format!("setting intra-op spinning: {e}")))?;
         if let ExecutionProvider::Cuda { device_id } = options.execution_provider {
             let unavailable = |reason: String| Error::ExecutionProviderUnavailable {
                 provider: "cuda",

@@ -152,6 +152,73 @@ fn embeddings_match_python_onnxruntime() {
     }
 }
 
+/// `n` approved drugs (in file order) with concentrations spread over 0.001-100 µM.
+fn drug_items(n: usize) -> Vec<(String, f64)> {
+    let path = common::repo_root().join("data/molecules/approved_drugs.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines()
+        .skip(1)
+        // id,name,smiles: names may hold commas, SMILES never do.
+        .map(|l| l.rsplit(',').next().unwrap().to_string())
+        .take(n)
+        .enumerate()
+        .map(|(i, s)| (s, 10f64.powf(-3.0 + 5.0 * (i % 97) as f64 / 96.0)))
+        .collect()
+}
+
+/// With more than one intra-op thread, `embed_molecules` featurizes a batch on several threads
+/// that take blocks of molecules from a queue. Every row must still be its own molecule's
+/// embedding: compared with embedding each molecule alone (one featurizer thread, batch of 1).
+#[test]
+fn threaded_featurizing_keeps_rows_in_order() {
+    let owned = drug_items(300);
+    let items: Vec<(&str, f64)> = owned.iter().map(|(s, c)| (s.as_str(), *c)).collect();
+    let dir = suite().join("log");
+    let one = Model::load(&dir, &opts()).unwrap();
+    let dim = one.dim();
+    let mut alone = Vec::with_capacity(items.len() * dim);
+    for item in &items {
+        alone.extend(one.embed_molecules(&[*item]).unwrap());
+    }
+    // Also with intra-op spinning off (0) and ONNX Runtime's long default-like spin.
+    for (threads, max_batch, spin_us) in [
+        (2, 1024, 200),
+        (2, 100, 0),
+        (0, 1024, 200),
+        (3, 77, 100_000),
+    ] {
+        let model = Model::load(
+            &dir,
+            &opts()
+                .intra_threads(threads)
+                .max_batch(max_batch)
+                .intra_spin_us(spin_us),
+        )
+        .unwrap();
+        let got = model.embed_molecules(&items).unwrap();
+        let d = max_abs_diff(&got, &alone);
+        assert!(
+            d <= TOLERANCE,
+            "intra_threads {threads}, max_batch {max_batch}, spin {spin_us} µs: rows differ from one-by-one embedding by {d}"
+        );
+        // The first failing molecule in input order is the one reported, wherever the
+        // failures fall among the featurizer threads' blocks.
+        for bad in [[5, 250], [40, 41], [120, 17], [299, 200]] {
+            let mut broken = items.clone();
+            broken[bad[0]].0 = "C1CC(";
+            broken[bad[1]].0 = "C(C)(C)(C)(C)C";
+            let first = bad[0].min(bad[1]);
+            let e = model.embed_molecules(&broken).unwrap_err();
+            assert_contains(&e, &[&format!("{:?}", broken[first].0)]);
+        }
+        let mut broken = items.clone();
+        broken[230].1 = -1.0;
+        broken[260].0 = "C1CC(";
+        let e = model.embed_molecules(&broken).unwrap_err();
+        assert!(matches!(e, Error::InvalidConcentration { .. }), "{e}");
+    }
+}
+
 #[test]
 fn load_cached_shares_and_reloads_after_a_change() {
     let dir = edited("log", |_| {});
