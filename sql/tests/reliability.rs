@@ -628,3 +628,78 @@ fn backup_while_another_connection_writes_is_a_committed_state() {
     assert!(copies >= 6, "{copies} of 8 backups succeeded");
     assert!(txs > 10, "{txs}");
 }
+
+/// A connection keeps its row map across other connections' commits: appends (in row-id order or
+/// not) extend it, deletes / vector and row-id updates / compactions reload it, metadata-only updates
+/// leave it. After every commit of the writer, the reader's rows and KNN equal the model; so do the
+/// writer's own inside a later transaction that starts with a write (no read before it).
+#[test]
+fn other_connections_commits_are_taken_up() {
+    let d = TempDir::new("follow");
+    let db = d.0.join("t.db");
+    let w = open(&db);
+    create(&w, "t");
+    let r = open(&db);
+    let mut m = Model::new();
+    for i in 1..=50 {
+        insert(&w, "t", &mut m, i, i as u64);
+    }
+    assert_matches(&r, "t", &m);
+    type Step = fn(&Connection, &mut Model);
+    let steps: &[(&str, Step)] = &[
+        ("append, rising row ids", |w, m| {
+            for i in 100..110 {
+                insert(w, "t", m, i, i as u64);
+            }
+        }),
+        ("append, low and negative row ids", |w, m| {
+            for i in [-5, 0, 51, 52] {
+                insert(w, "t", m, i, (1_000 + i) as u64);
+            }
+        }),
+        ("delete", |w, m| {
+            w.execute("DELETE FROM t WHERE rowid IN (3, 100)", [])
+                .unwrap();
+            m.remove(&3);
+            m.remove(&100);
+        }),
+        ("vector update", |w, m| {
+            let v = rand_vec(4242, DIM);
+            w.execute("UPDATE t SET v = ?1 WHERE rowid = 7", [json(&v)])
+                .unwrap();
+            m.get_mut(&7).unwrap().0 = f16r(&v);
+        }),
+        ("row id update", |w, m| {
+            w.execute("UPDATE t SET rowid = 700 WHERE rowid = 8", [])
+                .unwrap();
+            let row = m.remove(&8).unwrap();
+            m.insert(700, row);
+        }),
+        ("metadata update", |w, m| {
+            w.execute("UPDATE t SET tag = 'z' WHERE rowid = 9", [])
+                .unwrap();
+            m.get_mut(&9).unwrap().1 = "z".into();
+        }),
+        ("compaction, then append", |w, m| {
+            optimize(w, "t");
+            insert(w, "t", m, 800, 800);
+        }),
+        ("append after a compaction", |w, m| {
+            insert(w, "t", m, 801, 801)
+        }),
+    ];
+    for (i, (what, step)) in steps.iter().enumerate() {
+        step(&w, &mut m);
+        if i % 2 == 0 {
+            // The reader writes before it reads: its map must include the writer's commit.
+            r.execute_batch("BEGIN").unwrap();
+            insert(&r, "t", &mut m, 5_000, 5_000);
+            assert_matches(&r, "t", &m);
+            r.execute_batch("ROLLBACK").unwrap();
+            m.remove(&5_000);
+        }
+        assert_matches(&r, "t", &m);
+        assert_eq!(check(&r, "t"), "ok", "{what}");
+        assert_matches(&w, "t", &m);
+    }
+}

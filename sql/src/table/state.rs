@@ -55,6 +55,15 @@ pub struct TableState {
     pub committed: u64,
     /// Whether this connection's write transaction has done its first-write recovery step.
     pub in_write: bool,
+    /// `<t>_info.remaps` when `live` was last made consistent with the shadow tables: a counter every
+    /// transaction that deletes rows or moves them to other slots (vector or rowid update, compaction)
+    /// increments. While it and the generation stay the same, other connections only appended rows, and
+    /// the live set is extended instead of reloaded.
+    remaps: i64,
+    /// Whether the current write transaction deleted or moved rows (it increments `remaps` at xSync).
+    remapping: bool,
+    /// The `remaps` value this transaction wrote at xSync, taken over at xCommit.
+    remaps_written: Option<i64>,
     /// `(savepoint, store length at the savepoint)`.
     pub savepoints: Vec<(i32, u64)>,
     /// Whether this connection already removed orphaned sidecar files (once per connection of the
@@ -358,6 +367,9 @@ impl TableState {
             in_write: false,
             savepoints: Vec::new(),
             orphans_collected: false,
+            remaps: 0,
+            remapping: false,
+            remaps_written: None,
             generation: 0,
             compactions: Vec::new(),
         }
@@ -388,19 +400,25 @@ impl TableState {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The committed count and the generation recorded in `<t>_info`.
-    fn read_info(&self) -> rusqlite::Result<(u64, u64)> {
+    /// The committed count, the generation and the remap counter recorded in `<t>_info` (a table made
+    /// before the counter existed has none: 0).
+    fn read_info(&self) -> rusqlite::Result<(u64, u64, i64)> {
         use rusqlite::types::Value;
-        let (c, g): (Value, Value) = self.conn.query_row(
-            &format!(
-                "SELECT (SELECT value FROM {info} WHERE key = 'committed'), (SELECT value FROM {info} WHERE key = 'generation')",
+        let (c, g, m): (Value, Value, Value) = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT (SELECT value FROM {info} WHERE key = 'committed'), (SELECT value FROM {info} WHERE key = 'generation'), (SELECT value FROM {info} WHERE key = 'remaps')",
                 info = self.info_table()
-            ),
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+            ))?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let m = match m {
+            Value::Integer(m) => m,
+            _ => 0,
+        };
         match (c, g) {
-            (Value::Integer(c), Value::Integer(g)) if c >= 0 && g >= 0 => Ok((c as u64, g as u64)),
+            (Value::Integer(c), Value::Integer(g)) if c >= 0 && g >= 0 => {
+                Ok((c as u64, g as u64, m))
+            }
             _ => Err(sql_error(format!(
                 "phenix table {}: shadow table {}_info has no valid committed count or generation; run phenix_check",
                 self.name, self.name
@@ -435,25 +453,92 @@ impl TableState {
     /// Before a read: if another connection committed since the last load, reload the committed count and
     /// the live set.
     pub fn refresh_for_read(&mut self) -> rusqlite::Result<()> {
-        // Cached: this runs before every query (a fresh prepare cost a few µs each time).
-        let dv: i64 = self
-            .conn
-            .prepare_cached(&format!(
-                "PRAGMA \"{}\".data_version",
-                self.schema.replace('"', "\"\"")
-            ))?
-            .query_row([], |r| r.get(0))?;
+        let dv = self.data_version_now()?;
         if dv != self.data_version && !self.in_write {
-            let (c, g) = self.read_info()?;
-            self.follow(c, g)?;
-            self.committed = c;
-            self.live = None;
+            let (c, g, m) = self.read_info()?;
+            self.catch_up(c, g, m)?;
             self.data_version = dv;
         }
         if self.live.is_none() {
             self.load_live()?;
         }
         Ok(())
+    }
+
+    /// `PRAGMA data_version` of the table's schema (a cached statement: it runs before every query).
+    fn data_version_now(&self) -> rusqlite::Result<i64> {
+        self.conn
+            .prepare_cached(&format!(
+                "PRAGMA \"{}\".data_version",
+                self.schema.replace('"', "\"\"")
+            ))?
+            .query_row([], |r| r.get(0))
+    }
+
+    /// Takes up the state other connections committed (`c`, `g`, `m` from `<t>_info`): a new generation
+    /// opens its file; if rows were only appended (same generation and remap counter), the live set is
+    /// extended by the new slots, otherwise it is dropped for a full reload.
+    fn catch_up(&mut self, c: u64, g: u64, m: i64) -> rusqlite::Result<()> {
+        let old = self.committed;
+        let appended_only = g == self.generation && m == self.remaps && c >= old;
+        self.follow(c, g)?;
+        self.committed = c;
+        self.remaps = m;
+        if !appended_only {
+            self.live = None;
+        } else if c > old && self.live.is_some() {
+            self.extend_live(old, c)?;
+        }
+        Ok(())
+    }
+
+    /// Adds to the live set the rows pointing at slots `from..to` (appended by other connections). The
+    /// newest rows usually have the largest row ids, so `<t>_rows` is read from the end and the read
+    /// stops once every slot of the range is accounted for (all of it, if some slot has no row).
+    fn extend_live(&mut self, from: u64, to: u64) -> rusqlite::Result<()> {
+        let want = (to - from) as usize;
+        let mut found: Vec<(i64, usize)> = Vec::with_capacity(want.min(1 << 20));
+        {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT rowid, slot FROM {} ORDER BY rowid DESC",
+                self.rows_table()
+            ))?;
+            let mut rows = st.query([])?;
+            while found.len() < want {
+                let Some(r) = rows.next()? else { break };
+                let (rowid, slot): (i64, i64) = (r.get(0)?, r.get(1)?);
+                if slot >= from as i64 {
+                    if slot >= to as i64 {
+                        return Err(sql_error(format!(
+                            "phenix table {}: row {rowid} points at slot {slot}, but {to} rows are committed; run phenix_check",
+                            self.name
+                        )));
+                    }
+                    found.push((rowid, slot as usize));
+                }
+            }
+        }
+        let name = self.name.clone();
+        let live = self.live.as_mut().expect("checked by the caller");
+        if live.rowids.len() < to as usize {
+            live.rowids.resize(to as usize, DEAD);
+        }
+        for (rowid, slot) in found {
+            if live.rowids[slot] != DEAD {
+                return Err(sql_error(format!(
+                    "phenix table {name}: rows {} and {rowid} both point at slot {slot}; run phenix_check",
+                    live.rowids[slot]
+                )));
+            }
+            live.bitmap.insert(slot);
+            live.rowids[slot] = rowid;
+        }
+        Ok(())
+    }
+
+    /// Records that the current write transaction deletes rows or moves them to other slots.
+    pub fn note_remap(&mut self) {
+        self.remapping = true;
     }
 
     fn load_live(&mut self) -> rusqlite::Result<()> {
@@ -505,18 +590,21 @@ impl TableState {
             collect_orphans(&self.conn, &self.schema, None)?;
             self.orphans_collected = true;
         }
-        let (c, g) = self.read_info()?;
-        self.follow(c, g)?;
+        // Other connections may have committed since this one last looked (a write can come without a
+        // read before it): take their state up, under the write lock.
+        let dv = self.data_version_now()?;
+        let (c, g, m) = self.read_info()?;
+        if dv != self.data_version || c != self.committed || g != self.generation {
+            self.catch_up(c, g, m)?;
+            self.data_version = dv;
+        }
         {
+            // Leftovers of a crashed or rolled-back writer, past the committed count.
             let mut s = self.store();
             if s.len() > c {
                 s.truncate(c).map_err(core_err)?;
             }
         }
-        if c != self.committed {
-            self.live = None;
-        }
-        self.committed = c;
         self.in_write = true;
         if self.live.is_none() {
             self.load_live()?;
@@ -545,6 +633,17 @@ impl TableState {
                 [n as i64],
             )?;
         }
+        if self.remapping || !self.compactions.is_empty() {
+            let m: i64 = self.conn.query_row(
+                &format!(
+                    "INSERT INTO {}(key, value) VALUES ('remaps', 1) ON CONFLICT(key) DO UPDATE SET value = coalesce(value, 0) + 1 RETURNING value",
+                    self.info_table()
+                ),
+                [],
+                |r| r.get(0),
+            )?;
+            self.remaps_written = Some(m);
+        }
         Ok(())
     }
 
@@ -556,6 +655,10 @@ impl TableState {
             s.set_committed(n).map_err(core_err)?;
             drop(s);
             self.committed = n;
+            if let Some(m) = self.remaps_written.take() {
+                self.remaps = m;
+            }
+            self.remapping = false;
             if !self.compactions.is_empty() {
                 self.compactions.clear();
                 // The old file is an orphan now; the next write of this connection removes it.
@@ -572,6 +675,8 @@ impl TableState {
     /// Step 5: the transaction rolled back: forget the uncommitted appends.
     pub fn rollback(&mut self) -> rusqlite::Result<()> {
         while self.undo_compaction() {}
+        self.remapping = false;
+        self.remaps_written = None;
         let mut r = Ok(());
         if self.in_write {
             let c = self.committed;

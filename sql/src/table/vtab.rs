@@ -182,6 +182,7 @@ impl UpdateVTab<'_> for PhenixTab {
                 st.conn
                     .prepare_cached(&format!("DELETE FROM {rows} WHERE rowid = ?1"))?
                     .execute([rowid])?;
+                st.note_remap();
                 if let Some(live) = st.live.as_mut() {
                     live.bitmap.remove(slot as usize);
                     if let Some(r) = live.rowids.get_mut(slot as usize) {
@@ -256,6 +257,10 @@ impl UpdateVTab<'_> for PhenixTab {
                 |r| r.get(0),
             )?;
             let mut slot = old_slot as u64;
+            if !args.no_change(2) || new_rowid != old_rowid {
+                // The row moves to another slot or changes its row id: readers must reload their map.
+                st.note_remap();
+            }
             if !args.no_change(2) {
                 let v = read_vector(&st, arg(args, 2))?;
                 slot = st
