@@ -115,12 +115,8 @@ fn copy_all(
         let path = checked_sidecar_path(src, &id_bytes, generation as u64)?;
         let store = VectorStore::open(&path, None, committed as u64, false)
             .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
-        if store.header().table_id != id_bytes || store.header().generation != generation as u64 {
-            return Err(sql_error(format!(
-                "{F}: phenix table {t}: the vector file {} does not match {t}_info; run phenix_check",
-                path.display()
-            )));
-        }
+        state::check_header(&store, &path, t, &id_bytes, generation as u64)
+            .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}; run phenix_check")))?;
         files.push((
             t.clone(),
             id_bytes,

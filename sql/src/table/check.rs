@@ -273,20 +273,8 @@ fn open_checked(
             return None;
         }
     };
-    if s.header().table_id != info.id {
-        p.push(format!(
-            "the vector file {} belongs to another table (its table id differs from {table}_info's)",
-            path.display()
-        ));
-        return None;
-    }
-    if s.header().generation != info.generation {
-        p.push(format!(
-            "the vector file {} is generation {}, but {table}_info names generation {}",
-            path.display(),
-            s.header().generation,
-            info.generation
-        ));
+    if let Err(e) = state::check_header(&s, &path, table, &info.id, info.generation) {
+        p.push(e);
         return None;
     }
     Some(s)

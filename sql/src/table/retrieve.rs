@@ -188,7 +188,7 @@ fn retrieve_all(
     }
     t.refresh_for_read()?;
     let n = t.visible_rows();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = super::vtab::search_threads();
     let hits = {
         let live = t
             .live

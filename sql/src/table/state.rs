@@ -932,20 +932,34 @@ fn open_file(
     let readonly = conn.is_readonly(schema)?;
     let s = VectorStore::open(&path, Some(layout), committed, !readonly)
         .map_err(|e| table_err(name, e))?;
+    check_header(&s, &path, name, id, generation).map_err(|e| table_err(name, e))?;
+    Ok(s)
+}
+
+/// Whether the opened vector file at `path` is table `table`'s own file (table id `id`) of the
+/// generation its `<table>_info` names; the problem otherwise. Used wherever a vector file is opened:
+/// connecting a table, `phenix_check`, `phenix_backup`.
+pub fn check_header(
+    s: &VectorStore,
+    path: &Path,
+    table: &str,
+    id: &[u8; 16],
+    generation: u64,
+) -> Result<(), String> {
     if s.header().table_id != *id {
-        return Err(sql_error(format!(
-            "phenix table {name}: the vector file {} belongs to another table",
+        return Err(format!(
+            "the vector file {} belongs to another table (its table id differs from {table}_info's)",
             path.display()
-        )));
+        ));
     }
     if s.header().generation != generation {
-        return Err(sql_error(format!(
-            "phenix table {name}: the vector file {} is generation {}, but {name}_info names generation {generation}",
+        return Err(format!(
+            "the vector file {} is generation {}, but {table}_info names generation {generation}",
             path.display(),
             s.header().generation
-        )));
+        ));
     }
-    Ok(s)
+    Ok(())
 }
 
 /// Whether the sidecar directory holds a file of table `id` with a generation above `generation`.
