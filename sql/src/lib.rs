@@ -32,6 +32,7 @@ compile_error!(
      `cargo build --release -p phenix-extension`"
 );
 
+pub mod analysis;
 pub mod error;
 pub mod functions;
 pub mod loading;
@@ -50,6 +51,7 @@ pub use vector::{decode_vector, parse_vector, Decoded, Encoding, VectorError};
 /// `libphenix.so`.
 pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     functions::register(conn)?;
+    analysis::register(conn)?;
     table::register(conn)?;
     models::register(conn)?;
     Ok(())
