@@ -124,6 +124,16 @@ def test_sphere_matches_pycytominer(py_host, sph):
     assert_close(got, want, rtol=1e-4 if sph.startswith("PCA") else 1e-5)
 
 
+def test_sphere_on_many_controls_matches_pycytominer(py_host):
+    # Over 1,024 control rows: the Gram matrix is accumulated in several chunks, each split over two
+    # threads on a multi-core machine.
+    df, feats = plate_frame(seed=6, plates=1, n_ctrl=2500, n_trt=20)
+    load(py_host.conn, df, feats)
+    got = normalized(py_host.conn, "sphere", {"method": "zca-cor"})
+    want = reference(df, feats, method="spherize", spherize_method="ZCA-cor", spherize_epsilon=1e-6)
+    assert_close(got, want)
+
+
 def test_sphere_with_too_few_controls_says_what_works_and_pads_like_pycytominer(py_host):
     df, feats = plate_frame(seed=4, plates=1, n_ctrl=6, n_trt=4)
     load(py_host.conn, df, feats)

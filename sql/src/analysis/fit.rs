@@ -9,7 +9,7 @@
 //!   [`super::MAX_GROUP_VALUES`] per group.
 //! - `sphere`: ZCA / PCA whitening (pycytominer's `Spherize`, default `zca-cor`), fitted on the
 //!   eigendecomposition (faer) of the control Gram matrix, which is accumulated `O(d²)` in chunks
-//!   through GEMM, any number of rows. With singular values `Σ = sqrt(eig(XcᵀXc))` the whitening
+//!   through GEMM (split over two threads on a multi-core machine), any number of rows. With singular values `Σ = sqrt(eig(XcᵀXc))` the whitening
 //!   matrix is `W = V · diag(sqrt(n-1) / (Σ + epsilon))` (PCA) and `W · Vᵀ` (ZCA): epsilon is added to
 //!   the singular values, as pycytominer does. `-cor` variants first standardise with the ddof-0 sd.
 //!
@@ -446,6 +446,9 @@ struct FitAcc {
     /// Sphere: the pending chunk (shifted), row-major.
     chunk: Vec<f64>,
     gram: Option<Mat<f64>>,
+    /// A second Gram accumulator for the second half of each chunk, filled on another thread when
+    /// the machine has more than one core (summed into `gram` at the end).
+    gram2: Option<Mat<f64>>,
 }
 
 fn parse_opts(ctx: &Context<'_>) -> Result<Opts, AnalysisError> {
@@ -693,7 +696,8 @@ impl Aggregate<FitAcc, Option<Vec<u8>>> for NormFit {
             Method::Robust => robust_params(&acc.rows, opts.epsilon, &fname)?,
             _ => {
                 acc.flush();
-                sphere_params(&acc, opts.method, opts.epsilon, opts.pad, &fname)?
+                let gram = acc.take_gram();
+                sphere_params(&acc, &gram, opts.method, opts.epsilon, opts.pad, &fname)?
             }
         };
         let fit = Fit {
@@ -709,30 +713,55 @@ impl Aggregate<FitAcc, Option<Vec<u8>>> for NormFit {
 }
 
 impl FitAcc {
-    /// Adds the pending chunk's `ZᵀZ` to the Gram matrix (GEMM).
+    /// Adds the pending chunk's `ZᵀZ` to the Gram matrix (GEMM, lower triangle only: half the
+    /// flops). With two or more cores the chunk is split in two halves accumulated on two threads.
     fn flush(&mut self) {
         let d = self.dim;
         let b = self.chunk.len() / d.max(1);
         if b == 0 {
             return;
         }
-        let z = MatRef::from_row_major_slice(&self.chunk, b, d);
-        let g: MatMut<'_, f64> = self.gram.as_mut().expect("sphere").as_mut();
-        // Only the lower triangle of the symmetric Gram matrix is computed (half the flops).
-        use faer::linalg::matmul::triangular::{matmul, BlockStructure};
-        matmul(
-            g,
-            BlockStructure::TriangularLower,
-            Accum::Add,
-            z.transpose(),
-            BlockStructure::Rectangular,
-            z,
-            BlockStructure::Rectangular,
-            1.0f64,
-            Par::Seq,
-        );
+        let threads = crate::table::registry::search_threads();
+        let g = self.gram.as_mut().expect("sphere");
+        if threads >= 2 && b >= 256 {
+            let g2 = self.gram2.get_or_insert_with(|| Mat::zeros(d, d));
+            let half = b / 2;
+            let (z1, z2) = self.chunk.split_at(half * d);
+            std::thread::scope(|sc| {
+                sc.spawn(|| gram_update(g2.as_mut(), z2, b - half, d));
+                gram_update(g.as_mut(), z1, half, d);
+            });
+        } else {
+            gram_update(g.as_mut(), &self.chunk, b, d);
+        }
         self.chunk.clear();
     }
+
+    /// The Gram matrix with both accumulators summed (lower triangle valid).
+    fn take_gram(&mut self) -> Mat<f64> {
+        let mut g = self.gram.take().expect("sphere");
+        if let Some(g2) = self.gram2.take() {
+            g += g2;
+        }
+        g
+    }
+}
+
+/// `g += ZᵀZ` for the `b × d` row-major block `z`, lower triangle only.
+fn gram_update(g: MatMut<'_, f64>, z: &[f64], b: usize, d: usize) {
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    let z = MatRef::from_row_major_slice(z, b, d);
+    matmul(
+        g,
+        BlockStructure::TriangularLower,
+        Accum::Add,
+        z.transpose(),
+        BlockStructure::Rectangular,
+        z,
+        BlockStructure::Rectangular,
+        1.0f64,
+        Par::Seq,
+    );
 }
 
 fn robust_params(
@@ -778,6 +807,7 @@ fn robust_params(
 
 fn sphere_params(
     acc: &FitAcc,
+    g0: &Mat<f64>,
     method: Method,
     epsilon: f64,
     pad: bool,
@@ -793,7 +823,6 @@ fn sphere_params(
         });
     }
     let nf = n as f64;
-    let g0 = acc.gram.as_ref().expect("sphere");
     // Centred Gram: Σ (x-K)(x-K)ᵀ - s1 s1ᵀ / n.
     let mean: Vec<f64> = (0..d).map(|j| acc.s1[j] / nf).collect();
     let mut g = Mat::<f64>::from_fn(d, d, |i, j| {
