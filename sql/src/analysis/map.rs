@@ -20,7 +20,7 @@
 //! `corrected_p_value` is Benjamini–Hochberg over the groups; `below_p` / `below_corrected_p` compare
 //! with `threshold` (0.05). The random rankings use phenix's own stream (SplitMix64 from `seed`;
 //! configurations in ascending (M, L) order; each ranking picks M of L positions by Floyd's
-//! algorithm with `index(j+1)` as in [`super::SplitMix64::index`]), so p-values equal copairs' only
+//! algorithm with `index(j+1)` as in `SplitMix64::index` (`(next() · n) >> 64`)), so p-values equal copairs' only
 //! up to Monte Carlo error, while AP and mAP are equal.
 //!
 //! Result: JSON `{"groups": [...], "queries": [...]}`. Memory: all profiles (bounded by

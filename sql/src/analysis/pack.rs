@@ -228,7 +228,7 @@ impl TableFunction for Features {
     }
 }
 
-/// The `phenix_pack` virtual table: streams `(rowid, profile)` in rowid order, [`BATCH`] source rows
+/// The `phenix_pack` virtual table: streams `(rowid, profile)` in rowid order, 512 (`BATCH`) source rows
 /// at a time.
 #[repr(C)]
 pub struct PackTab {
