@@ -35,28 +35,10 @@ import optax  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from . import model as M  # noqa: E402
+from .split import scaffold_split  # noqa: E402,F401  (re-exported)
+from .recipe_config import TrainConfig  # noqa: E402,F401  (re-exported)
 
 TOP_X = (0.01, 0.05)
-
-
-@dataclass
-class TrainConfig:
-    loss: str = "infonce"
-    concentration: str = "one_hot"
-    averaging: str = "random_subset"  # none | mean | random_subset
-    seed: int = 0  # split + init + batches
-    steps: int = 3000
-    batch: int = 512
-    lr: float = 1e-3
-    warmup: int = 200
-    weight_decay: float = 0.05
-    dropout: float = 0.5  # on the hidden layer of both towers
-    hidden: int = 1024
-    dim: int = 256
-    tau: float = 0.6  # S2L / CWCL weight threshold
-    test_frac: float = 0.1
-    val_frac: float = 0.1
-    heldout_rep_frac: float = 0.1
 
 
 # ---------------------------------------------------------------- data preparation
@@ -72,27 +54,6 @@ class Prepared:
     scale: np.ndarray
     profiles: np.ndarray  # standardised [n_pair, n_rep, D]
     fp: np.ndarray  # float32 [n_mol, n_bits]
-
-
-def scaffold_split(scaffolds: np.ndarray, seed: int, test_frac: float, val_frac: float) -> np.ndarray:
-    rng = np.random.default_rng(seed + 7919)
-    uniq, inv = np.unique(scaffolds, return_inverse=True)
-    n = len(scaffolds)
-    split = np.zeros(n, dtype=np.int64)
-    counts = np.bincount(inv)
-    n_test = n_val = 0
-    for g in rng.permutation(len(uniq)):
-        if uniq[g] == "":
-            continue
-        if n_test + counts[g] <= test_frac * n:
-            split[inv == g] = 2
-            n_test += counts[g]
-        elif n_val + counts[g] <= val_frac * n:
-            split[inv == g] = 1
-            n_val += counts[g]
-        if n_test >= test_frac * n - 1 and n_val >= val_frac * n - 1:
-            break
-    return split
 
 
 def prepare(screen: Any, cfg: TrainConfig) -> Prepared:
