@@ -171,3 +171,23 @@ def write(scr, ms, out: Path, table: str = "wells", progress: bool = True) -> di
 
 def truth_json(scr) -> str:
     return json.dumps({"config": scr.config.to_dict(), "summary": scr.summary()}, indent=1)
+
+
+def wells_in_memory(scr, ms):
+    """The :class:`phenix.wells.Wells` that ``phenix simulate`` + ``phenix import`` would produce for this
+    screen (same rows in the same order, same float32 values), without writing files: for tests and the
+    demo, which must see exactly the dataset the shipped model was trained on."""
+    from .wells import Wells
+
+    frames = list(wells_frames(scr, ms))
+    import pandas as pd
+
+    df = pd.concat(frames, ignore_index=True)
+    feats = feature_names(scr.profiles.shape[2])
+    ctrl = (df["Metadata_broad_sample"] == "DMSO").to_numpy()
+    dose = np.where(ctrl, np.nan, df["Metadata_mmoles_per_liter"].to_numpy() * 1e3)
+    return Wells(np.arange(1, len(df) + 1), df["Metadata_Plate"].to_numpy().astype(str),
+                 df["Metadata_Well"].to_numpy().astype(str), df["Metadata_Batch"].to_numpy().astype(str),
+                 np.where(ctrl, "", df["Metadata_SMILES"].to_numpy()).astype(object),
+                 np.where(ctrl, "", df["Metadata_broad_sample"].to_numpy()).astype(object), dose, ctrl,
+                 np.ascontiguousarray(df[feats].to_numpy(np.float32)), feats)

@@ -215,6 +215,23 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
         let m = model(name)?;
         let d = m.manifest().phenomics.input_dim;
+        // A profile is JSON or a float32 blob. A float16 reading of a blob of 2·d bytes would
+        // silently accept a float32 profile with half the features, so only 4·d bytes pass.
+        if let ValueRef::Blob(b) = ctx.get_raw(1) {
+            if b.len() != 4 * d {
+                let n = if b.len() % 4 == 0 {
+                    format!("a float32 profile of {} features", b.len() / 4)
+                } else {
+                    "not a float32 profile (length not a multiple of 4)".to_string()
+                };
+                return Err(sql_error(format!(
+                    "{f} argument 2 (profile) expects float32[{d}]: got a {}-byte blob, {n}; \
+                     the model's profiles have {d} features ({} bytes)",
+                    b.len(),
+                    4 * d
+                )));
+            }
+        }
         let profile = parse_vector(
             ctx.get_raw(1),
             &format!("{f} argument 2 (profile)"),

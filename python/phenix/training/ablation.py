@@ -3,6 +3,9 @@
     nice -n 10 .venv/bin/python models/training/ablation.py            # run what is missing
     nice -n 10 .venv/bin/python models/training/ablation.py --report   # table only
 
+(``models/training/ablation.py`` is a shim for ``python -m phenix.training.ablation``.) The ablation runs
+on the in-memory simulated screen (the recipe's ``Screen`` path), like the numbers in docs/science.md.
+
 Every finished (config, seed) is stored immediately in ``models/training/results/ablation.json``
 (keyed by config name, seed and the step count), so an interrupted run resumes where it stopped.
 Runs are ordered seed-major (all configs for seed 0, then seed 1, ...).  Every run uses the full
@@ -20,12 +23,11 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
-import train as T  # noqa: E402
+from . import recipe as T  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ablation.json"
+RESULTS = Path(__file__).resolve().parents[3] / "models" / "training" / "results" / "ablation.json"
 CURVE_X = [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2]
 DEFAULT = T.TrainConfig()
 
@@ -107,8 +109,8 @@ def main():
     a = ap.parse_args()
     res = load()
     if not a.report:
-        from molecules import load_molecules
-        from simulator import SimConfig, simulate
+        from .molecules import load_molecules
+        from .simulator import SimConfig, simulate
 
         screen = None
         prep_cache: dict = {}

@@ -25,9 +25,19 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-DATA_DIR = Path(os.environ.get("PHENIX_MOLECULES", REPO_ROOT / "data" / "molecules"))
-CACHE_DIR = Path(os.environ.get("PHENIX_CACHE", Path.home() / ".cache" / "phenix"))
+
+
+def _data_dir() -> Path:
+    """PHENIX_MOLECULES, else data/molecules of the current directory, else of this source checkout."""
+    if os.environ.get("PHENIX_MOLECULES"):
+        return Path(os.environ["PHENIX_MOLECULES"])
+    cwd = Path.cwd() / "data" / "molecules"
+    return cwd if (cwd / CSV_FILES[0]).exists() else REPO_ROOT / "data" / "molecules"
+
+
 CSV_FILES = ("approved_drugs.csv", "nci_5k.csv", "wehi_pains_test.csv")
+DATA_DIR = _data_dir()
+CACHE_DIR = Path(os.environ.get("PHENIX_CACHE", Path.home() / ".cache" / "phenix"))
 RADIUS = 2
 N_BITS = 2048
 

@@ -22,14 +22,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import model as M  # noqa: E402
-import train as T  # noqa: E402
-from ablation import CONFIGS, RESULTS  # noqa: E402
+from . import model as M  # noqa: E402
+from . import recipe as T  # noqa: E402
+from .ablation import CONFIGS, RESULTS  # noqa: E402
 
-IMG = HERE.parents[1] / "docs" / "img"
-BUNDLE = HERE.parents[0] / "default"
+ROOT = Path(__file__).resolve().parents[3]
+HERE = ROOT / "models" / "training"
+IMG = ROOT / "docs" / "img"
+BUNDLE = ROOT / "models" / "default"
 
 
 def recall_curves(steps: int = 1000):
@@ -92,12 +92,12 @@ def s2l_weight_stats(prep, n_batches: int = 20, batch: int = 512) -> dict:
 def pca_plot():
     import onnxruntime as ort
 
-    from molecules import load_molecules
-    from simulator import SimConfig, simulate
+    from .molecules import load_molecules
+    from .simulator import SimConfig, simulate
 
     man = json.loads((BUNDLE / "phenix-model.json").read_text())
     prov = man["provenance"]
-    scr = simulate(load_molecules(), SimConfig(seed=prov["data_seed"]))
+    scr = simulate(load_molecules(), SimConfig(seed=prov.get("data_seed", 0)))
     prep = T.prepare(scr, replace(T.TrainConfig(), seed=prov["seed"]))
     print("S2L weights:", json.dumps(s2l_weight_stats(prep), indent=1))
     pairs = np.flatnonzero((prep.split[scr.pair_mol] == 2) & scr.active)
@@ -138,9 +138,13 @@ def pca_plot():
     plt.close(fig)
 
 
-if __name__ == "__main__":
+def main():
     IMG.mkdir(parents=True, exist_ok=True)
     pca_plot()
     if RESULTS.exists():
         recall_curves(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
     print("wrote", sorted(p.name for p in IMG.glob("science-*.png")))
+
+
+if __name__ == "__main__":
+    main()
