@@ -245,9 +245,9 @@ def _library_chunks(conn, library: str, smiles_col: str, id_col: Optional[str], 
         def gen():
             for df in it:
                 if sc not in df.columns:
-                    import difflib
+                    from .wells import close_matches
 
-                    close = difflib.get_close_matches(sc, list(df.columns), n=3, cutoff=0.4)
+                    close = close_matches(sc, list(df.columns))
                     raise PhenixError(f"{library}: no SMILES column {sc!r}" + (f" (close matches: {', '.join(close)})"
                                                                                 if close else ""))
                 ids = df[ic].astype(str).tolist() if ic and ic in df.columns else [None] * len(df)

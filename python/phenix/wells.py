@@ -72,13 +72,21 @@ def table_columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [r[1] for r in rows]
 
 
+def close_matches(name: str, candidates: list[str], n: int = 3) -> list[str]:
+    """Up to ``n`` candidates most similar to ``name``, ignoring case (a misspelt or mis-cased column)."""
+    low: dict[str, str] = {}
+    for c in candidates:
+        low.setdefault(c.lower(), c)
+    return [low[m] for m in difflib.get_close_matches(name.lower(), list(low), n=n, cutoff=0.5)]
+
+
 def require_columns(have: list[str], wanted: dict[str, Optional[str]], table: str) -> None:
     """Every non-None wanted column exists; otherwise one error listing each missing one with close matches."""
     problems = []
     for role, col in wanted.items():
         if col is None or col in have:
             continue
-        close = difflib.get_close_matches(col, have, n=3, cutoff=0.5)
+        close = close_matches(col, have)
         problems.append(f"{role} column {col!r} not found" + (f" (close matches: {', '.join(close)})" if close else ""))
     if problems:
         raise PhenixError(f"table {table!r}: " + "; ".join(problems) + " — set the column with its flag or in --config")

@@ -117,6 +117,10 @@ def test_pycytominer_normalized_feature_selected_csv_imports_as_written(venv, sc
     from pycytominer import feature_select, normalize
 
     df = pd.read_csv(screen["csv"], nrows=3000)
+    # the simulated features are neither constant nor strongly correlated: add one of each, which
+    # feature_select must drop, so the written file has a strict subset of the features
+    df["Cells_Granularity_16_DNA"] = 1.0
+    df["Nuclei_Intensity_Copy_DNA"] = 2 * df["Cells_AreaShape_Area"] + 1e-3 * np.random.default_rng(0).normal(size=len(df))
     norm = normalize(df, method="mad_robustize", samples="Metadata_control_type == 'negcon'",
                      meta_features=[c for c in df.columns if c.startswith("Metadata_")])
     sel = feature_select(norm, operation=["variance_threshold", "correlation_threshold", "drop_na_columns"])
@@ -126,7 +130,7 @@ def test_pycytominer_normalized_feature_selected_csv_imports_as_written(venv, sc
     res = json.loads(venv.run("import", db, path, "--chunk-size", 700, "--quiet").stdout)
     written = pd.read_csv(path)
     feats = [c for c in written.columns if not c.startswith("Metadata_")]
-    assert 0 < len(feats) < 384 and res["rows"] == len(written) and res["features"] == len(feats)
+    assert 0 < len(feats) < 386 and res["rows"] == len(written) and res["features"] == len(feats)
     c = sqlite3.connect(db)
     assert json.loads(c.execute("SELECT features FROM phenix_feature_lists WHERE table_name='wells'").fetchone()[0]) == feats
     got = c.execute("SELECT Metadata_Plate, Metadata_Well, Metadata_SMILES, profile FROM wells ORDER BY rowid").fetchall()
