@@ -262,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _close_bars() -> None:
+    """Ends open progress bars, so the error message starts on its own line."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", [])):
+            bar.close()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
@@ -278,12 +287,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             res = cmd_screen(a)
     except PhenixError as e:
+        _close_bars()
         print(f"phenix {a.command}: {e}", file=sys.stderr)
         return 2
     except sqlite3.Error as e:
+        _close_bars()
         print(f"phenix {a.command}: SQLite: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_bars()
         print(f"phenix {a.command}: interrupted (nothing half-written; screen resumes on re-run)", file=sys.stderr)
         return 130
     if a.command != "evaluate":

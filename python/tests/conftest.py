@@ -48,7 +48,8 @@ class Venv:
         """Runs a command that must fail: exit status 2, one line on stderr, no traceback."""
         p = self.run(*args, check=False, cwd=cwd)
         assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
-        lines = [ln for ln in p.stderr.splitlines() if ln.strip() and "\r" not in ln and "it/s" not in ln]
+        # progress bars (tqdm writes "...: 100%|####| n/N [...]") are not messages
+        lines = [ln for ln in p.stderr.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
         assert len(lines) == 1, p.stderr
         assert "Traceback" not in p.stderr
         return lines[0]

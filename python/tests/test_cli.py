@@ -201,12 +201,17 @@ def test_bad_input_is_one_line_exit_2_and_nothing_half_written(venv, screen, tmp
     msg = venv.fails("train", db, "--out", out, "--dose-unit", "mg/ml")
     assert "unknown dose unit 'mg/ml'" in msg and "uM" in msg
     # unparsable SMILES: count and first rows; skipped only with the flag
-    bad = _copy_db(db, tmp_path / "smiles.db", "UPDATE wells SET Metadata_SMILES = 'C1CC(' || rowid "
+    bad = _copy_db(db, tmp_path / "smiles.db", "UPDATE wells SET Metadata_SMILES = 'C1CC(' "
                    "WHERE Metadata_broad_sample IN (SELECT DISTINCT Metadata_broad_sample FROM wells "
                    "WHERE Metadata_broad_sample != 'DMSO' ORDER BY 1 LIMIT 2)")
     msg = venv.fails("train", bad, "--out", out)
-    assert re.search(r"\d+ SMILES cannot be parsed by RDKit, first: 'C1CC\(\d+' \(rows \d+", msg), msg
+    assert re.search(r"2 SMILES cannot be parsed by RDKit, first: 'C1CC\(' \(rows \d+, \d+, \d+\)", msg), msg
     assert "--skip-bad-smiles" in msg and not out.exists()
+    res = json.loads(venv.run("train", bad, "--out", out, "--skip-bad-smiles", "--steps", 3, "--n-null", 500,
+                              "--quiet").stdout)
+    notes = json.loads((out / "phenix-model.json").read_text())["provenance"]["notes"]
+    assert notes["dropped_molecules_bad_smiles"] == 2 and res["dataset"]["n_molecules"] == 298
+    out = tmp_path / "b2"
     # no control wells on a plate
     noctl = _copy_db(db, tmp_path / "noctl.db", "DELETE FROM wells WHERE Metadata_broad_sample = 'DMSO' AND "
                      "Metadata_Plate = (SELECT min(Metadata_Plate) FROM wells)")
