@@ -36,6 +36,23 @@ def pid(_=None):
     return os.getpid()
 
 
+def listening() -> tuple[int, int]:
+    """(listening TCP sockets of this process and its children, those not bound to loopback)."""
+    import psutil
+
+    procs = [psutil.Process()] + psutil.Process().children(recursive=True)
+    socks = set()
+    for p in procs:
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    socks.add((c.laddr.ip, c.laddr.port))
+        except psutil.Error:
+            pass
+    outside = [s for s in socks if not (s[0].startswith("127.") or s[0] == "::1")]
+    return len(socks), len(outside)
+
+
 def dask_round(workers: int, tasks: int, sizes: list[int]) -> dict:
     import distributed
 
@@ -46,6 +63,7 @@ def dask_round(workers: int, tasks: int, sizes: list[int]) -> dict:
     client = distributed.Client(cluster)
     client.wait_for_workers(workers)
     out["startup_s"] = time.perf_counter() - t0
+    out["listening_sockets"], out["listening_not_loopback"] = listening()
     # first task on every worker (imports, connections)
     client.gather(client.map(pid, range(workers), pure=False))
     t = time.perf_counter()
@@ -89,6 +107,7 @@ def ray_round(workers: int, tasks: int, sizes: list[int]) -> dict:
     # ray starts worker processes lazily: start-up is until every worker has answered once
     ray.get([rpid.remote(i) for i in range(workers)])
     out["startup_s"] = time.perf_counter() - t0
+    out["listening_sockets"], out["listening_not_loopback"] = listening()
     t = time.perf_counter()
     for i in range(100):
         ray.get(rnoop.remote(i))

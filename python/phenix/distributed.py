@@ -512,6 +512,15 @@ def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.nd
     dist = np.concatenate([p[1] for p in parts], axis=1)
     src = np.concatenate([np.full(p[0].shape, i, dtype=np.int64) for i, p in enumerate(parts)], axis=1)
     key = np.where(ids < 0, _INT64_MAX, ids)
+    if ids.shape[1] > 4 * k:
+        # Keep every entry whose distance is at most the k-th smallest (ties at the k-th place
+        # included), with two linear-time partitions, then sort only those.
+        kth = np.take_along_axis(dist, np.argpartition(dist, k - 1, axis=1)[:, k - 1:k], axis=1)
+        inside = dist <= kth
+        m = int(inside.sum(axis=1).max())
+        keep = np.argpartition(~inside, m - 1, axis=1)[:, :m] if m < ids.shape[1] else \
+            np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+        ids, dist, src, key = (np.take_along_axis(x, keep, axis=1) for x in (ids, dist, src, key))
     order = np.lexsort((key, dist), axis=1)[:, :k]
     out_ids = np.take_along_axis(ids, order, axis=1)
     out_d = np.take_along_axis(dist, order, axis=1)

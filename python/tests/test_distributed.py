@@ -42,6 +42,10 @@ DOSES = [0.3, 3.0]
 def cluster():
     with pd_dist.local_cluster(N_WORKERS) as client:
         client.wait_for_workers(N_WORKERS)
+        info = client.scheduler_info()
+        # scheduler, workers and their nannies listen on loopback only
+        addrs = [info["address"], *info["workers"], *(w["nanny"] for w in info["workers"].values())]
+        assert len(addrs) == 1 + 2 * N_WORKERS and all(a.startswith("tcp://127.0.0.1:") for a in addrs), addrs
         yield client
 
 
@@ -252,6 +256,31 @@ def test_merge_orders_ties_by_rowid_and_pads():
     assert ids.tolist() == [[4, -1, -1]] and np.isinf(d[0, 1:]).all() and src.tolist() == [[0, -1, -1]]
     with pytest.raises(PhenixError, match="two shards"):
         pd_dist.merge([a, (np.array([[5]]), np.array([[0.3]]))], 3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_merge_equals_sorting_all_hits_in_python(seed):
+    """Random per-shard lists with many exact ties and short shards, against Python's sorted()."""
+    rng = np.random.default_rng(seed)
+    n_parts, nq, k = int(rng.integers(1, 40)), 5, int(rng.integers(1, 12))
+    rowids = rng.permutation(100000)[: n_parts * k].reshape(n_parts, k)
+    parts = []
+    for p in range(n_parts):
+        d = np.sort(rng.integers(0, 6, (nq, k)) / 8.0, axis=1)  # few distinct values: ties everywhere
+        ids = np.broadcast_to(rowids[p], (nq, k)).copy()
+        # a shard's own list is ordered by (distance, rowid); some shards have fewer than k rows
+        for q in range(nq):
+            o = np.lexsort((ids[q], d[q]))
+            ids[q], d[q] = ids[q][o], d[q][o]
+            short = int(rng.integers(0, k + 1)) if rng.random() < 0.3 else k
+            ids[q, short:], d[q, short:] = -1, np.inf
+        parts.append((ids, d))
+    got_ids, got_d, src = pd_dist.merge(parts, k)
+    for q in range(nq):
+        allhits = sorted((float(d[q, j]), int(ids[q, j]), p) for p, (ids, d) in enumerate(parts)
+                         for j in range(k) if ids[q, j] >= 0)[:k]
+        want = allhits + [(np.inf, -1, -1)] * (k - len(allhits))
+        assert [(float(a), int(b), int(c)) for a, b, c in zip(got_d[q], got_ids[q], src[q])] == want
 
 
 def test_build_resumes_and_refuses_another_layout(built, cluster, tmp_path):
