@@ -17,6 +17,7 @@ Needs ``dask[distributed]`` and the extension (``cargo build --release -p phenix
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -98,38 +99,43 @@ def main() -> None:
     results = {}
     ref = None
     report["pinned"] = a.pin
-    for w in [int(x) for x in a.workers.split(",")]:
-        t = time.perf_counter()
-        with D.local_cluster(w) as cl:
+    counts = [int(x) for x in a.workers.split(",")]
+    runs: dict[int, list] = {w: [] for w in counts}
+    startup = {}
+    with contextlib.ExitStack() as stack:
+        # every cluster is up at once (idle workers cost nothing) and the rounds alternate between them,
+        # so a change of machine load hits every worker count alike
+        clients = {}
+        for w in counts:
+            t = time.perf_counter()
+            cl = stack.enter_context(D.local_cluster(w))
             cl.wait_for_workers(w)
-            startup = time.perf_counter() - t
+            startup[w] = time.perf_counter() - t
             if a.pin:
-                ncpu = len(os.sched_getaffinity(0))
+                cpus = sorted(os.sched_getaffinity(0))
                 for i, addr in enumerate(sorted(cl.scheduler_info()["workers"])):
-                    cl.run(pin, sorted(os.sched_getaffinity(0))[i % ncpu], workers=[addr])
+                    cl.run(pin, cpus[i % len(cpus)], workers=[addr])
             D.search(shards, q[:8], a.k, client=cl)  # warm-up: every worker opens its shards
-            runs = []
-            for _ in range(a.rounds):
+            clients[w] = cl
+        for r in range(a.rounds):
+            for w in counts:
                 t1 = time.perf_counter()
-                res = D.search(shards, q, a.k, client=cl)
+                res = D.search(shards, q, a.k, client=clients[w])
                 wall = time.perf_counter() - t1
                 if ref is None:
                     ref = res.ids
                 assert (res.ids == ref).all(), "answers differ between worker counts"
-                runs.append({"wall_s": wall, "phenix_s_sum": sum(x["phenix_seconds"] for x in res.tasks),
-                             "task_s_sum": sum(x["task_seconds"] for x in res.tasks),
-                             "workers_used": len({x["worker_pid"] for x in res.tasks})})
-        med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        med["startup_s"] = startup
+                runs[w].append({"wall_s": wall, "phenix_s_sum": sum(x["phenix_seconds"] for x in res.tasks),
+                                "task_s_sum": sum(x["task_seconds"] for x in res.tasks),
+                                "workers_used": len({x["worker_pid"] for x in res.tasks})})
+                print(f"round {r + 1}, {w} workers: {wall * 1e3:.0f} ms, load {os.getloadavg()[0]:.1f}", flush=True)
+    for w in counts:
+        med = {key: statistics.median(x[key] for x in runs[w]) for key in runs[w][0]}
+        med["startup_s"] = startup[w]
         med["queries_per_s"] = a.queries / med["wall_s"]
         med["engine_s_per_batch"] = med["wall_s"] - med["task_s_sum"] / w
         med["task_minus_phenix_ms_per_task"] = (med["task_s_sum"] - med["phenix_s_sum"]) / a.shards * 1e3
         results[w] = med
-        print(f"workers {w}: start {startup:.1f} s; batch of {a.queries}: wall {med['wall_s'] * 1e3:.0f} ms "
-              f"({med['queries_per_s']:.0f} q/s), Σ phenix {med['phenix_s_sum'] * 1e3:.0f} ms, Σ task "
-              f"{med['task_s_sum'] * 1e3:.0f} ms over {a.shards} tasks, engine ≈ {med['engine_s_per_batch'] * 1e3:.0f} ms "
-              f"per batch, task − phenix {med['task_minus_phenix_ms_per_task']:.1f} ms per task, "
-              f"workers used {med['workers_used']:.0f}", flush=True)
     report["search"] = results
     print(f"load average after {os.getloadavg()}")
     print("\n| workers | cluster start | wall per batch | queries/s | Σ phenix_retrieve_all | Σ task | engine per batch "

@@ -46,6 +46,12 @@ def cluster():
         # scheduler, workers and their nannies listen on loopback only
         addrs = [info["address"], *info["workers"], *(w["nanny"] for w in info["workers"].values())]
         assert len(addrs) == 1 + 2 * N_WORKERS and all(a.startswith("tcp://127.0.0.1:") for a in addrs), addrs
+        # and so does every other socket the cluster's processes listen on (e.g. the scheduler's HTTP server)
+        import psutil
+
+        socks = {(c.laddr.ip, c.laddr.port) for p in [psutil.Process(), *psutil.Process().children(recursive=True)]
+                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        assert len(socks) >= 1 + 2 * N_WORKERS and all(ip == "127.0.0.1" for ip, _ in socks), socks
         yield client
 
 
