@@ -174,16 +174,14 @@ def test_filtered_search_equals_one_table(built, cluster, where, params, mask):
     brute_force_check(built, q, ids, dist, mask(built))
 
 
-def _kill_one_worker_when_busy(client, done: threading.Event) -> int:
-    """SIGKILLs a worker process while it runs a shard task; returns its pid."""
+def _kill_one_worker_when_busy(client, pids: dict, done: threading.Event) -> int:
+    """SIGKILLs a worker process while it runs a shard task (each task sleeps 3 s inside); returns its pid."""
     deadline = time.time() + 60
     while time.time() < deadline and not done.is_set():
-        busy = [w for w, tasks in client.processing().items() if tasks]
+        busy = [w for w, tasks in client.processing().items() if tasks and w in pids]
         if busy:
-            pids = client.run(os.getpid, workers=[busy[0]])
-            pid = pids[busy[0]]
-            os.kill(pid, signal.SIGKILL)
-            return pid
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            return pids[busy[0]]
         time.sleep(0.05)
     raise AssertionError("no worker became busy")
 
@@ -191,20 +189,21 @@ def _kill_one_worker_when_busy(client, done: threading.Event) -> int:
 def _search_while_killing(built, cluster, k):
     out: dict = {}
     done = threading.Event()
+    pids = cluster.run(os.getpid)  # before the search, so the kill needs no round trip
 
     def run():
         try:
-            out["res"] = pd_dist.search(built["shards"], built["queries"], k, client=cluster, _task_delay=1.5)
+            out["res"] = pd_dist.search(built["shards"], built["queries"], k, client=cluster, _task_delay=3.0)
         except Exception as e:  # noqa: BLE001 - inspected below
             out["err"] = e
         done.set()
 
     t = threading.Thread(target=run)
     t.start()
-    out["killed"] = _kill_one_worker_when_busy(cluster, done)
-    t.join(180)
+    out["killed"] = _kill_one_worker_when_busy(cluster, pids, done)
+    t.join(300)
     assert not t.is_alive()
-    cluster.wait_for_workers(N_WORKERS, timeout=120)  # the nanny restarts the killed worker
+    cluster.wait_for_workers(N_WORKERS, timeout=300)  # the nanny restarts the killed worker
     return out
 
 
