@@ -96,6 +96,17 @@ fn mem_stores() -> &'static MemStores {
     M.get_or_init(Default::default)
 }
 
+/// Whether this process still holds the in-memory vectors of the table with hex id `id` (for tests of
+/// memory release).
+pub fn memory_store_alive(id: &str) -> bool {
+    unhex(id).is_some_and(|id| {
+        mem_stores()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&id)
+    })
+}
+
 /// Live tables by (database handle, schema, table) for `phenix_retrieve_all`.
 pub type Key = (usize, String, String);
 fn registry() -> &'static Mutex<HashMap<Key, Weak<Mutex<TableState>>>> {
