@@ -5,9 +5,9 @@
 //! `models/default/` is compiled into the library (`include_bytes!`), written once to a cache directory
 //! named by its content hash, and loaded from there on first use, so it works wherever the `.so` goes.
 
+use crate::args::{int, number, text_arg};
 use crate::error::sql_error;
 use crate::functions::create_path_function;
-use crate::table::text_arg;
 use crate::tvf::{TableFunction, Tvf};
 use crate::vector::{encode_f16, parse_vector};
 use phenix_core::ElemType;
@@ -147,22 +147,6 @@ fn featurizer(radius: u32, n_bits: usize) -> Result<Arc<MorganFeaturizer>, pheni
     let f = Arc::new(MorganFeaturizer::new(radius, n_bits)?);
     m.insert((radius, n_bits), f.clone());
     Ok(f)
-}
-
-fn number(v: ValueRef<'_>, f: &str, what: &str) -> rusqlite::Result<f64> {
-    match v {
-        ValueRef::Integer(i) => Ok(i as f64),
-        ValueRef::Real(r) => Ok(r),
-        ValueRef::Null => Err(sql_error(format!("{f}: {what} is NULL; expected a number"))),
-        _ => Err(sql_error(format!("{f}: {what} must be a number"))),
-    }
-}
-
-fn int(v: ValueRef<'_>, f: &str, what: &str) -> rusqlite::Result<i64> {
-    match v {
-        ValueRef::Integer(i) => Ok(i),
-        _ => Err(sql_error(format!("{f}: {what} must be an integer"))),
-    }
 }
 
 /// Registers the encoder functions.
