@@ -43,6 +43,14 @@ mod table;
 pub mod tvf;
 pub mod vector;
 
+/// Whether this process still holds the in-memory vectors of the phenix table whose `<t>_info.table_id`
+/// is `id` (32 hex digits): for tests that memory is released when a connection closes or the table is
+/// dropped.
+#[doc(hidden)]
+pub fn memory_store_alive(id: &str) -> bool {
+    table::registry::memory_store_alive(id)
+}
+
 pub use error::{catch_panic, sql_error, sqlite_owned_cstring, Error, Result};
 pub use functions::{create_path_function, path_arg};
 pub use vector::{decode_vector, parse_vector, Decoded, Encoding, VectorError};

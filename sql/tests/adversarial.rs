@@ -395,8 +395,8 @@ fn deserialized(image: &[u8]) -> Connection {
             buf,
             image.len() as i64,
             image.len() as i64,
-            (rusqlite::ffi::SQLITE_DESERIALIZE_FREEONCLOSE
-                | rusqlite::ffi::SQLITE_DESERIALIZE_RESIZEABLE) as u32,
+            rusqlite::ffi::SQLITE_DESERIALIZE_FREEONCLOSE
+                | rusqlite::ffi::SQLITE_DESERIALIZE_RESIZEABLE,
         );
         assert_eq!(rc, 0);
     }
@@ -546,7 +546,7 @@ fn shared_cache_memory_database_survives_compaction_by_another_connection() {
 /// The vectors of `:memory:` tables are freed when their connection closes or the table is dropped.
 #[test]
 fn memory_tables_free_their_vectors_on_close_and_drop() {
-    let alive = |id: &str| phenix_sql::table::state::memory_store_alive(id);
+    let alive = |id: &str| phenix_sql::memory_store_alive(id);
     let v = json(&rand_vec(3, 64));
     let mut closed = Vec::new();
     for _ in 0..3 {
@@ -772,7 +772,14 @@ fn distance_bounds_hold_exactly_as_doubles() {
     let c = mem();
     c.execute_batch("CREATE VIRTUAL TABLE t USING phenix(v float32[1] distance=l2)")
         .unwrap();
-    let xs = [0.1f32, 0.2, 0.3, 0.30000001, 0.4, 1.0 / 3.0];
+    let xs = [
+        0.1f32,
+        0.2,
+        0.3,
+        f32::from_bits(0.3f32.to_bits() + 1),
+        0.4,
+        1.0 / 3.0,
+    ];
     for (i, x) in xs.iter().enumerate() {
         c.execute(
             "INSERT INTO t(rowid, v) VALUES (?1, ?2)",

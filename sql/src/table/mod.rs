@@ -31,6 +31,7 @@ pub(crate) mod live;
 pub(crate) mod names;
 pub(crate) mod plan;
 pub(crate) mod prefilter;
+pub(crate) mod rank;
 pub(crate) mod registry;
 pub(crate) mod retrieve;
 pub(crate) mod schema;

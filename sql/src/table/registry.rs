@@ -40,6 +40,16 @@ pub(crate) fn memory_store(id: &[u8; 16]) -> Option<Arc<Mutex<VectorStore>>> {
         .cloned()
 }
 
+/// Whether this process still holds the in-memory vectors of the table with hex id `id`.
+pub(crate) fn memory_store_alive(id: &str) -> bool {
+    super::names::unhex(id).is_some_and(|id| {
+        mem_stores()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&id)
+    })
+}
+
 type Registry = Mutex<HashMap<Key, Weak<Mutex<TableState>>>>;
 fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();

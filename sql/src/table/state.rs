@@ -49,17 +49,18 @@ pub(crate) struct TableState {
     remapping: bool,
     /// The `remaps` value this transaction wrote at xSync, taken over at xCommit.
     remaps_written: Option<i64>,
-    /// `(savepoint, store length at the savepoint)`.
-    savepoints: Vec<(i32, u64)>,
+    /// The state at each open savepoint this table saw (`xSavepoint(i)`), by index; `None` when the
+    /// savepoint was opened before this transaction's first write (the state then is `begin`).
+    savepoints: Vec<(i32, Option<txn::Snapshot>)>,
+    /// The state at this write transaction's first write (`begin_write`): what `ROLLBACK`, and a
+    /// `ROLLBACK TO` a savepoint this table has no entry for, return to.
+    begin: Option<txn::Snapshot>,
     /// Whether this connection already removed orphaned sidecar files (once per connection of the
     /// table, at its first write: a readdir and a schema scan are not worth repeating per statement;
     /// reset after a compaction commits or rolls back, so the file it left behind goes at the next write).
     orphans_collected: bool,
     /// The generation of the vector file in use (`<t>_info.generation`).
     generation: u64,
-    /// The compactions made in the current write transaction, oldest first; each is undone if the
-    /// transaction, or a savepoint open when it ran, rolls back.
-    compactions: Vec<compact::Compaction>,
 }
 
 impl TableState {
@@ -170,12 +171,12 @@ impl TableState {
             committed,
             in_write: false,
             savepoints: Vec::new(),
+            begin: None,
             orphans_collected: false,
             remaps: 0,
             remapping: false,
             remaps_written: None,
             generation: 0,
-            compactions: Vec::new(),
         }
     }
 
@@ -335,7 +336,9 @@ impl TableState {
     }
 
     fn load_live(&mut self) -> rusqlite::Result<()> {
-        let len = self.store().len() as usize;
+        // Only slots this connection may read: a `<t>_rows` entry pointing past the committed rows
+        // (a crafted or damaged count) is refused here rather than read as another row's vector.
+        let len = self.visible_rows() as usize;
         self.live = Some(Live::load(&self.conn, &self.rows_table(), len, &self.name)?);
         Ok(())
     }
