@@ -687,6 +687,43 @@ impl VectorStore {
         Ok(())
     }
 
+    /// Checks that the file still holds the committed rows and every byte currently mapped. phenix
+    /// never shrinks a file below a committed count, but a process outside phenix (or a crafted
+    /// database pointing two tables at one file) can; reading a mapped page past the end of a file
+    /// raises SIGBUS, so callers check before reading after noticing another connection's commit. On
+    /// failure the map is dropped and [`Error::Truncated`] returned. In memory: always `Ok`.
+    pub fn check_file_length(&mut self) -> Result<()> {
+        let stride = self.header.layout.stride() as u64;
+        let committed = self.committed;
+        if let Backend::File {
+            path,
+            file,
+            map,
+            mapped_len,
+            file_rows,
+            ..
+        } = &mut self.backend
+        {
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io("stat", path, e))?
+                .len();
+            let need = (HEADER_LEN as u64 + committed * stride).max(*mapped_len as u64);
+            if len < need {
+                *map = None;
+                *mapped_len = 0;
+                let found = len.saturating_sub(HEADER_LEN as u64) / stride;
+                *file_rows = (*file_rows).min(found);
+                return Err(Error::Truncated {
+                    path: path.clone(),
+                    found,
+                    committed,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A view of rows `0..rows` (`rows <= len()`), mapping the file as needed. Pending appends are
     /// written first.
     pub fn view(&mut self, rows: u64) -> Result<RowsView<'_>> {

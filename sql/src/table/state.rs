@@ -9,7 +9,7 @@ mod txn;
 use super::live::Live;
 use super::registry;
 use super::schema::TableDef;
-use super::shadow::{self, Info, COMMITTED, DEFINITION, GENERATION};
+use super::shadow::{self, Info, COMMITTED, DEFINITION, FORMAT, FORMAT_VERSION, GENERATION};
 use super::sidecar::{self, db_file, Expected};
 use crate::args::table_err;
 use crate::error::Error;
@@ -61,6 +61,8 @@ pub(crate) struct TableState {
     orphans_collected: bool,
     /// The generation of the vector file in use (`<t>_info.generation`).
     generation: u64,
+    /// Why the table could not be opened, if it could not ([`TableState::connect`]).
+    broken: Option<Broken>,
 }
 
 impl TableState {
@@ -95,59 +97,46 @@ impl TableState {
         Ok(Self::new(conn, schema, name, def, id, store, 0))
     }
 
-    /// `xConnect`: opens an existing table.
+    /// `xConnect`: opens an existing table. A table that cannot be opened (a missing or damaged vector
+    /// file, damaged shadow tables, another table claiming its id) still connects, *broken*: every read
+    /// and write returns the open error, while `DROP TABLE` works, so damage never traps a table in the
+    /// schema. Only a snapshot conflict (`SQLITE_BUSY`, retry) fails the connect itself.
     pub(crate) fn connect(
         conn: Connection,
         schema: &str,
         name: &str,
         def: TableDef,
     ) -> rusqlite::Result<Self> {
-        let info = Info::read(&conn, schema, name)?;
-        let damaged = |what: &str| -> rusqlite::Error {
-            Error::Corrupt(format!(
-                "phenix table {name}: shadow table {name}_info has no valid {what}"
-            ))
-            .into()
-        };
-        let id = info.table_id().ok_or_else(|| {
-            Error::Corrupt(format!("phenix table {name}: shadow table {name}_info has no valid table_id; the table is damaged"))
-        })?;
-        let committed = info
-            .count(COMMITTED)
-            .ok_or_else(|| damaged("committed count"))?;
-        let generation = info
-            .count(GENERATION)
-            .ok_or_else(|| damaged("generation"))?;
-        if let Some(d) = info.text(DEFINITION) {
-            if d != def.canonical() {
-                return Err(Error::InvalidArgument(format!(
-                    "phenix table {name}: the declared columns `{}` differ from the stored definition `{d}`",
-                    def.canonical()
-                ))
-                .into());
+        match open_existing(&conn, schema, name, &def) {
+            Ok((id, committed, generation, store)) => {
+                let mut st = Self::new(conn, schema, name, def, id, store, committed);
+                st.generation = generation;
+                Ok(st)
+            }
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Err(e),
+            Err(e) => {
+                let layout = def.layout;
+                let mut st = Self::new(
+                    conn,
+                    schema,
+                    name,
+                    def,
+                    [0; 16],
+                    Arc::new(Mutex::new(VectorStore::in_memory(layout))),
+                    0,
+                );
+                st.broken = Some(Broken::from(e));
+                Ok(st)
             }
         }
-        let store = match db_file(&conn, schema)? {
-            Some(db) => Arc::new(Mutex::new(open_file(
-                &conn,
-                schema,
-                name,
-                &db,
-                &Expected {
-                    table: name,
-                    id: &id,
-                    generation,
-                    committed,
-                    layout: Some(def.layout),
-                },
-            )?)),
-            None => registry::memory_store(&id).ok_or_else(|| {
-                Error::CantOpen(format!("phenix table {name}: its in-memory vectors are gone (the process that made them ended)"))
-            })?,
-        };
-        let mut st = Self::new(conn, schema, name, def, id, store, committed);
-        st.generation = generation;
-        Ok(st)
+    }
+
+    /// The open error of a broken table ([`TableState::connect`]), as a fresh error.
+    pub(crate) fn usable(&self) -> rusqlite::Result<()> {
+        match &self.broken {
+            None => Ok(()),
+            Some(b) => Err(b.error(&self.name)),
+        }
     }
 
     fn new(
@@ -177,6 +166,7 @@ impl TableState {
             remapping: false,
             remaps_written: None,
             generation: 0,
+            broken: None,
         }
     }
 
@@ -288,12 +278,18 @@ impl TableState {
     /// Before a read: if another connection committed since the last load, reload the committed count and
     /// the live set.
     pub(crate) fn refresh_for_read(&mut self) -> rusqlite::Result<()> {
+        self.usable()?;
         let dv = self.data_version_now()?;
         if dv != self.data_version && !self.in_write {
             let (c, g, m) = self.read_info()?;
             self.catch_up(c, g, m)?;
             self.data_version = dv;
         }
+        // A file shrunk under the map (by something outside phenix) must be an error, not SIGBUS at
+        // the first read of a missing page: one fstat per query.
+        self.store()
+            .check_file_length()
+            .map_err(|e| table_err(&self.name, e))?;
         if self.live.is_none() {
             self.load_live()?;
         }
@@ -356,6 +352,119 @@ impl TableState {
         self.name = new.to_string();
         Ok(())
     }
+}
+
+/// The open error of a broken table: its SQLite code and message.
+struct Broken {
+    code: std::ffi::c_int,
+    msg: String,
+}
+
+impl From<rusqlite::Error> for Broken {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(f, m) => Broken {
+                code: f.extended_code,
+                msg: m.unwrap_or_else(|| f.to_string()),
+            },
+            other => Broken {
+                code: rusqlite::ffi::SQLITE_ERROR,
+                msg: other.to_string(),
+            },
+        }
+    }
+}
+
+impl Broken {
+    fn error(&self, table: &str) -> rusqlite::Error {
+        let mut msg = self.msg.clone();
+        if !msg.starts_with("phenix: ") {
+            msg.insert_str(0, "phenix: ");
+        }
+        msg.push_str(&format!(
+            " (phenix_check('{table}') describes the damage; restore the database and its sidecar directory from a backup, or DROP TABLE {table})"
+        ));
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(self.code), Some(msg))
+    }
+}
+
+/// What [`open_existing`] found: table id, committed count, generation and the store.
+type Opened = ([u8; 16], u64, u64, Arc<Mutex<VectorStore>>);
+
+/// Reads `<t>_info`, checks it (a table id no other table of the schema claims, a committed count,
+/// a generation, format 1, the declared definition) and opens the vector store; `(id, committed,
+/// generation, store)`.
+fn open_existing(
+    conn: &Connection,
+    schema: &str,
+    name: &str,
+    def: &TableDef,
+) -> rusqlite::Result<Opened> {
+    let info = Info::read(conn, schema, name)?;
+    let damaged = |what: &str| -> rusqlite::Error {
+        Error::Corrupt(format!(
+            "phenix table {name}: shadow table {name}_info has no valid {what}"
+        ))
+        .into()
+    };
+    let id = info.table_id().ok_or_else(|| {
+        Error::Corrupt(format!(
+            "phenix table {name}: shadow table {name}_info has no valid table_id; the table is damaged"
+        ))
+    })?;
+    let committed = info
+        .count(COMMITTED)
+        .ok_or_else(|| damaged("committed count"))?;
+    let generation = info
+        .count(GENERATION)
+        .ok_or_else(|| damaged("generation"))?;
+    match info.get(FORMAT) {
+        None => {}
+        Some(rusqlite::types::Value::Integer(f)) if *f as u64 == FORMAT_VERSION && *f >= 0 => {}
+        Some(other) => {
+            return Err(Error::Corrupt(format!(
+                "phenix table {name}: {name}_info names format {other:?}; this phenix reads format {FORMAT_VERSION} only"
+            ))
+            .into())
+        }
+    }
+    if let Some(d) = info.text(DEFINITION) {
+        if d != def.canonical() {
+            return Err(Error::InvalidArgument(format!(
+                "phenix table {name}: the declared columns `{}` differ from the stored definition `{d}`",
+                def.canonical()
+            ))
+            .into());
+        }
+    }
+    let others = shadow::tables_claiming(conn, schema, &id, name)?;
+    if let Some(o) = others.first() {
+        return Err(Error::Corrupt(format!(
+            "phenix table {name}: its table id is also claimed by phenix table {o}; a table id must be unique in a database (a copied or crafted shadow table)"
+        ))
+        .into());
+    }
+    let store = match db_file(conn, schema)? {
+        Some(db) => Arc::new(Mutex::new(open_file(
+            conn,
+            schema,
+            name,
+            &db,
+            &Expected {
+                table: name,
+                id: &id,
+                generation,
+                committed,
+                layout: Some(def.layout),
+            },
+        )?)),
+        None => registry::memory_store(&id).ok_or_else(|| {
+            Error::CantOpen(format!(
+                "phenix table {name}: its in-memory vectors are gone (the process that made them ended)"
+            ))
+        })?,
+    };
+    Ok((id, committed, generation, store))
 }
 
 /// Opens the vector file `want` names, after telling a snapshot conflict apart from a missing file.

@@ -67,6 +67,7 @@ impl TableState {
         if self.in_write {
             return Ok(());
         }
+        self.usable()?;
         // A no-op write takes the write lock before we look at or truncate the file.
         shadow::take_write_lock(&self.conn, &self.schema, &self.name)?;
         if !self.orphans_collected {
