@@ -168,7 +168,8 @@ pub(crate) fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     // static lives for the whole program.
     let module: &'static Module<'static, PhenixTab> =
         unsafe { &*(&MODULE as *const ffi::sqlite3_module as *const Module<'static, PhenixTab>) };
-    conn.create_module("phenix", module, None)?;
+    // The module's client data holds this connection's in-memory vectors; SQLite drops it at close.
+    conn.create_module("phenix", module, Some(registry::ConnStores::default()))?;
     check::register(conn)?;
     backup::register(conn)?;
     retrieve::register(conn)

@@ -63,6 +63,10 @@ pub(crate) struct TableState {
     generation: u64,
     /// Why the table could not be opened, if it could not ([`TableState::connect`]).
     broken: Option<Broken>,
+    /// For an in-memory table: its key in the process-wide store registry.
+    mem: Option<registry::MemKey>,
+    /// This connection's in-memory stores (the module's client data).
+    keep: registry::ConnStores,
 }
 
 impl TableState {
@@ -72,6 +76,7 @@ impl TableState {
         schema: &str,
         name: &str,
         def: TableDef,
+        keep: registry::ConnStores,
     ) -> rusqlite::Result<Self> {
         let id = random_table_id();
         shadow::create(&conn, schema, name, &id, &def)?;
@@ -90,11 +95,17 @@ impl TableState {
             }
             None => {
                 let a = Arc::new(Mutex::new(VectorStore::in_memory(def.layout)));
-                registry::publish_memory_store(id, a.clone());
-                a
+                let key = (sidecar::memory_identity(&conn, schema), id);
+                registry::publish_memory_store(key, 0, &a, &keep);
+                let mut st = Self::new(conn, schema, name, def, id, a, 0);
+                st.mem = Some(key);
+                st.keep = keep;
+                return Ok(st);
             }
         };
-        Ok(Self::new(conn, schema, name, def, id, store, 0))
+        let mut st = Self::new(conn, schema, name, def, id, store, 0);
+        st.keep = keep;
+        Ok(st)
     }
 
     /// `xConnect`: opens an existing table. A table that cannot be opened (a missing or damaged vector
@@ -106,11 +117,20 @@ impl TableState {
         schema: &str,
         name: &str,
         def: TableDef,
+        keep: registry::ConnStores,
     ) -> rusqlite::Result<Self> {
-        match open_existing(&conn, schema, name, &def) {
+        match open_existing(&conn, schema, name, &def, &keep) {
             Ok((id, committed, generation, store)) => {
+                let in_memory = store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .path()
+                    .is_none();
+                let mem = in_memory.then(|| (sidecar::memory_identity(&conn, schema), id));
                 let mut st = Self::new(conn, schema, name, def, id, store, committed);
                 st.generation = generation;
+                st.mem = mem;
+                st.keep = keep;
                 Ok(st)
             }
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Err(e),
@@ -126,6 +146,7 @@ impl TableState {
                     0,
                 );
                 st.broken = Some(Broken::from(e));
+                st.keep = keep;
                 Ok(st)
             }
         }
@@ -167,6 +188,8 @@ impl TableState {
             remaps_written: None,
             generation: 0,
             broken: None,
+            mem: None,
+            keep: registry::ConnStores::default(),
         }
     }
 
@@ -266,6 +289,14 @@ impl TableState {
                     },
                 )?;
                 self.store = Arc::new(Mutex::new(s));
+            } else if let Some(key) = self.mem {
+                // Another connection of a shared in-memory database compacted: its new store.
+                self.store = registry::memory_store(&key, generation, &self.keep).ok_or_else(|| {
+                    Error::CantOpen(format!(
+                        "phenix table {}: the in-memory vectors of generation {generation} are gone",
+                        self.name
+                    ))
+                })?;
             }
             self.generation = generation;
             self.live = None;
@@ -343,7 +374,17 @@ impl TableState {
     /// clean-up of the next connection that writes (or creates a phenix table) once no table refers to
     /// it ([`sidecar::collect_orphans`]).
     pub(crate) fn destroy(&mut self) -> rusqlite::Result<()> {
-        shadow::drop_tables(&self.conn, &self.schema, &self.name)
+        shadow::drop_tables(&self.conn, &self.schema, &self.name)?;
+        // An in-memory table's vectors go with it once the drop cannot roll back: at once in
+        // autocommit mode; inside a transaction they stay until the connection closes (a ROLLBACK
+        // brings the table back and needs them).
+        if let Some(key) = self.mem {
+            if self.conn.is_autocommit() {
+                registry::release_memory_store(&key, &self.keep);
+                self.store = Arc::new(Mutex::new(VectorStore::in_memory(self.def.layout)));
+            }
+        }
+        Ok(())
     }
 
     /// `ALTER TABLE … RENAME`: renames the shadow tables (the vector file is named by the table id).
@@ -399,6 +440,7 @@ fn open_existing(
     schema: &str,
     name: &str,
     def: &TableDef,
+    keep: &registry::ConnStores,
 ) -> rusqlite::Result<Opened> {
     let info = Info::read(conn, schema, name)?;
     let damaged = |what: &str| -> rusqlite::Error {
@@ -458,9 +500,14 @@ fn open_existing(
                 layout: Some(def.layout),
             },
         )?)),
-        None => registry::memory_store(&id).ok_or_else(|| {
+        None => registry::memory_store(
+            &(sidecar::memory_identity(conn, schema), id),
+            generation,
+            keep,
+        )
+        .ok_or_else(|| {
             Error::CantOpen(format!(
-                "phenix table {name}: its in-memory vectors are gone (the process that made them ended)"
+                "phenix table {name}: its vectors are not in this in-memory database (vectors of in-memory databases live in the process that made them, with that database: a copy made with the backup API or serialize/deserialize, or a database whose connections all closed, holds the table without them); DROP TABLE {name} removes it"
             ))
         })?,
     };

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 impl TableState {
     /// After a compaction of an in-memory table commits, a re-connect must find the new store.
     pub(super) fn publish_memory_store(&self) {
-        if self.store().path().is_none() {
-            registry::publish_memory_store(self.table_id, self.store.clone());
+        if let Some(key) = self.mem {
+            registry::publish_memory_store(key, self.generation, &self.store, &self.keep);
         }
     }
 
