@@ -50,6 +50,8 @@ struct Bound {
     conds: Vec<String>,
     cond_vals: Vec<Value>,
     meta_conds: Vec<MetaCond>,
+    /// Whether the conditions include ones the metadata cache cannot answer (IN lists, rowids).
+    uncached: bool,
 }
 
 impl Bound {
@@ -95,6 +97,34 @@ impl Bound {
                     }
                 }
                 IdxArg::Rowid => b.rowid = Some(owned(v).map_err(|e| table_err(name, e))?),
+                IdxArg::RowidIn | IdxArg::MetaIn(_) => {
+                    let col = match *a {
+                        IdxArg::MetaIn(c) => quoted(&def.columns[c].name),
+                        _ => "rowid".to_string(),
+                    };
+                    let mut marks = Vec::new();
+                    let mut list = values.in_values(i)?;
+                    while let Some(x) =
+                        rusqlite::fallible_iterator::FallibleIterator::next(&mut list)?
+                    {
+                        b.cond_vals.push(owned(x).map_err(|e| table_err(name, e))?);
+                        marks.push(format!("?{}", b.cond_vals.len()));
+                    }
+                    b.conds.push(if marks.is_empty() {
+                        "0".to_string()
+                    } else {
+                        format!("{col} IN ({})", marks.join(", "))
+                    });
+                    b.uncached = true;
+                }
+                IdxArg::MetaColl(col, op, coll) => {
+                    let c = format!("{} COLLATE {}", quoted(&def.columns[col].name), coll.name());
+                    b.conds.push(op.sql(&c, b.cond_vals.len() + 1));
+                    if op.has_rhs() {
+                        b.cond_vals.push(owned(v).map_err(|e| table_err(name, e))?);
+                    }
+                    b.uncached = true;
+                }
                 IdxArg::Meta(col, op) => {
                     let c = quoted(&def.columns[col].name);
                     b.conds.push(op.sql(&c, b.cond_vals.len() + 1));
@@ -148,15 +178,22 @@ impl PhenixCursor {
 
     /// The KNN plan: pre-filter on metadata (in memory when cached, else in SQLite), then rank only the
     /// qualifying live slots; rows by ascending distance, ties by ascending rowid.
-    fn knn(&self, st: &TableState, b: Bound) -> rusqlite::Result<Vec<OutRow>> {
+    fn knn(&self, st: &TableState, mut b: Bound) -> rusqlite::Result<Vec<OutRow>> {
         let q = b
             .query
+            .take()
             .ok_or_else(|| Error::Internal("KNN plan without a query".into()))?;
         let k = b.k.unwrap_or(usize::MAX);
         let live = st
             .live()
             .ok_or_else(|| Error::Internal("live set not loaded".into()))?;
         let n = st.visible_rows();
+        if let Some(r) = b.rowid.take() {
+            // `rowid = ?` beside MATCH: the one row, before the k nearest are chosen.
+            b.cond_vals.push(r);
+            b.conds.push(format!("rowid = ?{}", b.cond_vals.len()));
+            b.uncached = true;
+        }
         let filtered: Option<Bitmap> = if b.conds.is_empty() {
             None
         } else {
@@ -167,7 +204,7 @@ impl PhenixCursor {
             );
             Some(prefilter(
                 st,
-                &self.meta,
+                (!b.uncached).then_some(&*self.meta),
                 &b.meta_conds,
                 &sql,
                 &b.cond_vals,
