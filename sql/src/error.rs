@@ -200,7 +200,7 @@ pub fn sql_error(msg: impl std::fmt::Display) -> rusqlite::Error {
 /// virtual-table xMethods (`src/vtab/mod.rs` has no `catch_unwind`; its xRowid glue indexes nothing
 /// but calls our code bare), so without this a panic there aborts the host.
 ///
-/// With the test-only `panic-test` feature, [`panic_test::hit`] runs first and panics when the test
+/// With the test-only `panic-test` feature, `panic_test::hit` runs first and panics when the test
 /// armed `what`'s callback kind.
 pub fn catch_panic<T>(what: &str, f: impl FnOnce() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -225,11 +225,27 @@ pub fn catch_panic<T>(what: &str, f: impl FnOnce() -> rusqlite::Result<T>) -> ru
     }
 }
 
+/// Registers scalar function `name` with its body inside [`catch_panic`] (rusqlite's own unwind catch
+/// would report a panic as `SQLITE_CONSTRAINT_FUNCTION` without the `phenix: ` prefix).
+pub(crate) fn create_scalar<F, T>(
+    conn: &rusqlite::Connection,
+    name: &'static str,
+    n_arg: std::os::raw::c_int,
+    flags: rusqlite::functions::FunctionFlags,
+    f: F,
+) -> rusqlite::Result<()>
+where
+    F: Fn(&rusqlite::functions::Context<'_>) -> rusqlite::Result<T> + Send + 'static,
+    T: rusqlite::functions::SqlFnOutput,
+{
+    conn.create_scalar_function(name, n_arg, flags, move |ctx| catch_panic(name, || f(ctx)))
+}
+
 /// Test-only panic injection (cargo feature `panic-test`, never in a release build): the SQL function
 /// `phenix_test_panic(kind)` arms one callback kind (`xFilter`, `xRowid`, `phenix_mean`, …, matched as
 /// a prefix of the name given to [`catch_panic`]); the next callback of that kind panics inside the
 /// wrapper, and the test checks that SQL sees an error instead of an abort. `phenix_test_panic('')`
-/// disarms.
+/// disarms; it returns the kind that was armed before (empty once the panic fired).
 #[cfg(feature = "panic-test")]
 pub mod panic_test {
     use std::sync::Mutex;
@@ -246,20 +262,18 @@ pub mod panic_test {
         }
     }
 
-    /// Arms `kind` (empty: disarm).
-    pub fn arm(kind: &str) {
-        *ARMED.lock().unwrap_or_else(|e| e.into_inner()) = kind.to_string();
-    }
-
-    /// Registers `phenix_test_panic(kind)`.
+    /// Registers `phenix_test_panic(kind)` (not through the panic wrapper: it is the switch).
     pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         conn.create_scalar_function(
             "phenix_test_panic",
             1,
             rusqlite::functions::FunctionFlags::SQLITE_UTF8,
             |ctx| {
-                arm(&ctx.get::<String>(0)?);
-                Ok(1)
+                let before = std::mem::replace(
+                    &mut *ARMED.lock().unwrap_or_else(|e| e.into_inner()),
+                    ctx.get::<String>(0)?,
+                );
+                Ok(before)
             },
         )
     }

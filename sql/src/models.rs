@@ -6,7 +6,7 @@
 //! named by its content hash, and loaded from there on first use, so it works wherever the `.so` goes.
 
 use crate::args::{int, number, text_arg};
-use crate::error::sql_error;
+use crate::error::{create_scalar, sql_error};
 use crate::functions::create_path_function;
 use crate::tvf::{TableFunction, Tvf};
 use crate::vector::{encode_f16, parse_vector};
@@ -154,7 +154,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     let pure = FunctionFlags::SQLITE_UTF8
         | FunctionFlags::SQLITE_DETERMINISTIC
         | FunctionFlags::SQLITE_INNOCUOUS;
-    conn.create_scalar_function("phenix_fingerprint", 3, pure, |ctx| {
+    create_scalar(conn, "phenix_fingerprint", 3, pure, |ctx| {
         let f = "phenix_fingerprint";
         let smiles = text_arg(ctx.get_raw(0), f, "argument 1 (SMILES)")?;
         let radius = int(ctx.get_raw(1), f, "argument 2 (radius)")?;
@@ -164,8 +164,11 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
                 "{f}: radius {radius} / {n_bits} bits are out of range; supported: radius 0-3, 128/256/512/1024/2048 bits"
             )));
         }
-        let fp = featurizer(radius as u32, n_bits as usize).map_err(|e| sql_error(format!("{f}: {e}")))?;
-        let bits = fp.on_bits(smiles).map_err(|e| sql_error(format!("{f}: {e}")))?;
+        let fp = featurizer(radius as u32, n_bits as usize)
+            .map_err(|e| sql_error(format!("{f}: {e}")))?;
+        let bits = fp
+            .on_bits(smiles)
+            .map_err(|e| sql_error(format!("{f}: {e}")))?;
         Ok(serde_json::to_string(&bits).expect("bits serialise"))
     })?;
     create_path_function(conn, "phenix_model_load", 2, |ctx| load_fn(ctx, None))?;
@@ -183,7 +186,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     let embed_flags = FunctionFlags::SQLITE_UTF8
         | FunctionFlags::SQLITE_DETERMINISTIC
         | FunctionFlags::SQLITE_INNOCUOUS;
-    conn.create_scalar_function("phenix_embed_molecule", 3, embed_flags, |ctx| {
+    create_scalar(conn, "phenix_embed_molecule", 3, embed_flags, |ctx| {
         let f = "phenix_embed_molecule";
         let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
         let smiles = text_arg(ctx.get_raw(1), f, "argument 2 (SMILES)")?;
@@ -194,7 +197,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
             .map_err(|e| sql_error(format!("{f}: {e}")))?;
         Ok(Value::Blob(encode_f16(&v)))
     })?;
-    conn.create_scalar_function("phenix_embed_phenomics", 2, embed_flags, |ctx| {
+    create_scalar(conn, "phenix_embed_phenomics", 2, embed_flags, |ctx| {
         let f = "phenix_embed_phenomics";
         let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
         let m = model(name)?;

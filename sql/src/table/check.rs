@@ -19,7 +19,7 @@ use super::shadow::{self, COMMITTED, DEFINITION, FORMAT, FORMAT_VERSION, GENERAT
 use super::sidecar::{self, Expected};
 use super::state::TableState;
 use crate::args::{table_err, text_arg};
-use crate::error::{sql_error, Error};
+use crate::error::{create_scalar, sql_error, Error};
 use phenix_core::store::VectorStore;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::Value;
@@ -27,7 +27,8 @@ use rusqlite::Connection;
 
 /// Registers `phenix_check(table)`.
 pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
-    conn.create_scalar_function(
+    create_scalar(
+        conn,
         "phenix_check",
         1,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY,

@@ -6,7 +6,7 @@ use super::names::{self, qualified, split_name};
 use super::rank;
 use super::registry::{self, lock_state, search_threads, SharedState};
 use crate::args::{owned, positive_k, text_arg};
-use crate::error::{sql_error, Error};
+use crate::error::{create_scalar, sql_error, Error};
 use crate::tvf::{TableFunction, Tvf};
 use phenix_core::batch::search_batch;
 use phenix_core::topk::{Candidates, SearchParams};
@@ -69,7 +69,8 @@ pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
     const RETRIEVE_ALL: Module<'static, Tvf<RetrieveAllFn>> = Module::eponymous_only_module();
     conn.create_module("phenix_retrieve", &RETRIEVE, None)?;
     conn.create_module("phenix_retrieve_all", &RETRIEVE_ALL, None)?;
-    conn.create_scalar_function(
+    create_scalar(
+        conn,
         "phenix_retrieve",
         3,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS,

@@ -316,15 +316,14 @@ impl TableState {
             self.catch_up(c, g, m)?;
             self.data_version = dv;
         }
-        // A file shrunk under the map (by something outside phenix) must be an error, not SIGBUS at
-        // the first read of a missing page: one fstat per query.
-        self.store()
-            .check_file_length()
-            .map_err(|e| table_err(&self.name, e))?;
         if self.live.is_none() {
             self.load_live()?;
         }
-        Ok(())
+        // A vector file shrunk by another program since the last statement: an error now, instead
+        // of SIGBUS when a row read touches a lost page.
+        self.store()
+            .check_length()
+            .map_err(|e| table_err(&self.name, e))
     }
 
     /// `PRAGMA data_version` of the table's schema (a cached statement: it runs before every query).
