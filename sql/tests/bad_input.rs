@@ -377,9 +377,9 @@ fn definition_ok(cols: &[ColSpec]) -> bool {
             ColSpec::Vector {
                 aux, dim_ok, opts, ..
             } => {
-                // Options are key=value with key distance or distance_metric; only the last one counts,
-                // but every one must be valid.
-                if *aux || !dim_ok || opts.iter().any(|(_, ok)| !ok) {
+                // Options are key=value with key distance or distance_metric, each valid, and the
+                // distance given at most once.
+                if *aux || !dim_ok || opts.iter().any(|(_, ok)| !ok) || opts.len() > 1 {
                     return false;
                 }
                 vectors += 1;
@@ -1825,13 +1825,20 @@ fn every_function_with_arguments_of_every_type() {
                 {
                     prop_assert_eq!(m, "datatype mismatch");
                 }
-                // A duplicate rowid is a constraint violation (the code conflict clauses act on).
+                // A duplicate rowid is a constraint violation (the code conflict clauses act on),
+                // reported by phenix for the table itself (not its shadow table).
                 Err(rusqlite::Error::SqliteFailure(f, Some(m)))
                     if f.code == rusqlite::ErrorCode::ConstraintViolation
                         && tpl.contains(" t")
                         && tpl.starts_with(['I', 'U']) =>
                 {
-                    prop_assert!(m.starts_with("UNIQUE constraint failed"), "{}: {}", sql, m);
+                    prop_assert!(
+                        m.starts_with("phenix: phenix table t: a row with rowid ")
+                            && m.contains("UNIQUE constraint failed: t.rowid"),
+                        "{}: {}",
+                        sql,
+                        m
+                    );
                 }
                 Err(e) => {
                     let msg = phenix_msg(&e, &sql);
