@@ -56,6 +56,8 @@ pub unsafe extern "C" fn sqlite3_phenix_init(
             unsafe { set_error(p_api, pz_err_msg, &msg) };
             return ffi::SQLITE_ERROR;
         }
+        // Routines newer than rusqlite's loadable bindings (sqlite3_vtab_in) are called through it.
+        phenix_sql::loading::set_host_api(p_api.cast());
         // SAFETY: the host passed its own connection and API table; `init` only registers functions.
         unsafe { Connection::extension_init2(db, pz_err_msg, p_api, init) }
     };

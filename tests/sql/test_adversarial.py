@@ -124,3 +124,21 @@ SELECT count(*) FROM t1 WHERE v MATCH '[0,0,0,0,0,0,0,0]' AND k = 5;
     # SQL errors are fine (the shell goes on, exit status 1); a signal is not.
     assert r.returncode in (0, 1), (r.returncode, r.stderr)
     assert "table id" in r.stdout + r.stderr
+
+
+def test_in_lists_collations_and_rowids_beside_k_in_the_cli(ext, tmp_path):
+    # The loadable build reaches sqlite3_vtab_in through the host's API table: IN beside k must filter
+    # as one set there too, and the other pre-filters must hold.
+    script = f"""
+.load {ext}
+CREATE VIRTUAL TABLE t USING phenix(v float32[2] distance=l2, s TEXT);
+INSERT INTO t(rowid, v, s) VALUES (1, '[0,0]', 'a'), (2, '[1,0]', 'A'), (3, '[2,0]', 'b'), (4, '[3,0]', 'B'), (5, '[4,0]', 'a');
+SELECT group_concat(rowid) FROM (SELECT rowid FROM t WHERE v MATCH '[0,0]' AND k = 1 AND s IN ('a', 'b'));
+SELECT group_concat(rowid) FROM (SELECT rowid FROM t WHERE v MATCH '[0,0]' AND k = 2 AND s IN ('b', 'a'));
+SELECT group_concat(rowid) FROM (SELECT rowid FROM t WHERE v MATCH '[0,0]' AND k = 2 AND s = 'b' COLLATE NOCASE);
+SELECT group_concat(rowid) FROM (SELECT rowid FROM t WHERE v MATCH '[0,0]' AND k = 3 AND rowid IN (4, 5));
+SELECT group_concat(rowid) FROM (SELECT rowid FROM t WHERE v MATCH '[0,0]' AND k = 3 AND rowid = 5);
+"""
+    r = subprocess.run([SQLITE3_CLI, ":memory:"], input=script, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "1,3", "3,4", "4,5", "5"], r.stdout

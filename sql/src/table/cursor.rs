@@ -103,11 +103,8 @@ impl Bound {
                         _ => "rowid".to_string(),
                     };
                     let mut marks = Vec::new();
-                    let mut list = values.in_values(i)?;
-                    while let Some(x) =
-                        rusqlite::fallible_iterator::FallibleIterator::next(&mut list)?
-                    {
-                        b.cond_vals.push(owned(x).map_err(|e| table_err(name, e))?);
+                    for x in super::vtab_in::values(values, i)? {
+                        b.cond_vals.push(x);
                         marks.push(format!("?{}", b.cond_vals.len()));
                     }
                     b.conds.push(if marks.is_empty() {

@@ -39,6 +39,7 @@ pub(crate) mod shadow;
 pub(crate) mod sidecar;
 pub(crate) mod state;
 pub(crate) mod vtab;
+pub(crate) mod vtab_in;
 pub(crate) mod write;
 
 use crate::error::catch_panic;

@@ -318,7 +318,7 @@ pub(crate) fn best_index(def: &TableDef, info: &mut IndexInfo) -> rusqlite::Resu
             let is_in = matches!(
                 a,
                 IdxArg::Rowid | IdxArg::Meta(_, MetaOp::Eq) | IdxArg::MetaColl(_, MetaOp::Eq, _)
-            ) && info.is_in_constraint(i).unwrap_or(false);
+            ) && super::vtab_in::is_in(info, i);
             args.push((i, a, is_in));
         }
     }
@@ -354,7 +354,7 @@ pub(crate) fn best_index(def: &TableDef, info: &mut IndexInfo) -> rusqlite::Resu
                 // A collated IN list: SQLite applies it.
                 return false;
             }
-            if !info.set_in_constraint(*i, true).unwrap_or(false) {
+            if !super::vtab_in::take_all(info, *i) {
                 return false;
             }
             *a = match *a {
