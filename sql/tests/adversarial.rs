@@ -1004,3 +1004,80 @@ fn odd_names_and_values_give_clear_errors() {
         .unwrap_or_default();
     assert!(e.contains("phenix table t") && e.contains("slot"), "{e}");
 }
+
+/// `phenix_check` reads one snapshot: while another connection inserts, deletes and compacts, every
+/// check says `ok` (WAL and rollback journal), and inside one WAL read transaction it agrees with KNN.
+#[test]
+fn check_reads_one_snapshot_while_another_connection_writes() {
+    for wal in [true, false] {
+        let d = TempDir::new(if wal { "adv-chk-wal" } else { "adv-chk-del" });
+        let path = d.0.join("a.db");
+        let w = open(&path);
+        w.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        w.execute_batch(if wal {
+            "PRAGMA journal_mode=WAL;"
+        } else {
+            "PRAGMA journal_mode=DELETE;"
+        })
+        .unwrap();
+        w.execute_batch("CREATE VIRTUAL TABLE t USING phenix(v float32[4] distance=l2, g INTEGER)")
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0i64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let sql = match i % 7 {
+                        0 => "INSERT INTO t(t) VALUES ('optimize')".to_string(),
+                        3 => format!("DELETE FROM t WHERE g = {}", i - 3),
+                        _ => format!(
+                            "BEGIN; INSERT INTO t(v, g) VALUES ('[1,2,3,4]', {i}), ('[4,3,2,1]', {i}), ('[0,0,0,1]', {i}); COMMIT;"
+                        ),
+                    };
+                    if w.execute_batch(&sql).is_err() {
+                        let _ = w.execute_batch("ROLLBACK");
+                    }
+                }
+            })
+        };
+        let r = open(&path);
+        r.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let mut checks = 0;
+        let started = std::time::Instant::now();
+        while checks < 150 && started.elapsed() < std::time::Duration::from_secs(20) {
+            match r.query_row("SELECT phenix_check('t')", [], |x| x.get::<_, String>(0)) {
+                Ok(s) => {
+                    assert_eq!(s, "ok", "wal {wal}: check {checks}");
+                    checks += 1;
+                }
+                // A snapshot conflict or a busy lock is a retry, never a false report.
+                Err(e) => assert!(
+                    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy),
+                    "wal {wal}: {e}"
+                ),
+            }
+            if wal && checks % 10 == 5 {
+                // Inside one read transaction, the check and KNN agree.
+                r.execute_batch("BEGIN").unwrap();
+                let n = ids(&r, "SELECT count(*) FROM t WHERE v MATCH '[0,0,0,0]'")[0];
+                let s: rusqlite::Result<String> =
+                    r.query_row("SELECT phenix_check('t')", [], |x| x.get(0));
+                let m = ids(&r, "SELECT count(*) FROM t")[0];
+                r.execute_batch("COMMIT").unwrap();
+                assert_eq!(n, m);
+                match s {
+                    Ok(s) => assert_eq!(s, "ok", "inside a read transaction"),
+                    Err(e) => assert!(
+                        e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy),
+                        "{e}"
+                    ),
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(checks >= 20, "wal {wal}: only {checks} checks ran");
+    }
+}
