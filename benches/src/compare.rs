@@ -1,4 +1,4 @@
-//! The phenix vs sqlite-vec comparison harness (issue 7): seeded data, the SQL both engines are driven
+//! The phenix vs sqlite-vec comparison harness: seeded data, the SQL both engines are driven
 //! with, and the agreement measure between their result sets. Used by the runner
 //! (`src/bin/compare.rs`) and the criterion bench (`benches/compare.rs`).
 

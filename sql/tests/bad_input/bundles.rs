@@ -1,4 +1,4 @@
-//! Part 4d: model bundles through phenix_model_load.
+//! Model bundles through phenix_model_load.
 
 use crate::common::TempDir;
 use crate::harness::*;

@@ -1,4 +1,4 @@
-//! Part 4a: CREATE VIRTUAL TABLE arguments.
+//! CREATE VIRTUAL TABLE arguments.
 
 use crate::harness::*;
 use proptest::prelude::*;

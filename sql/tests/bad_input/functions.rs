@@ -1,4 +1,4 @@
-//! Part 4e: arguments of every phenix SQL function.
+//! Arguments of every phenix SQL function.
 
 use crate::harness::*;
 use proptest::prelude::*;

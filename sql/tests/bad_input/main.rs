@@ -1,6 +1,7 @@
-//! Bad input never crashes the host (issue 8, parts 4 and 6), in-process with the bundled SQLite.
+//! Bad input never crashes the host and is refused with an error naming what was wrong, in-process with
+//! the bundled SQLite.
 //!
-//! Part 4, property tests (proptest): `CREATE VIRTUAL TABLE … USING phenix(…)` arguments, vector JSON
+//! Property tests (proptest): `CREATE VIRTUAL TABLE … USING phenix(…)` arguments, vector JSON
 //! and blobs (lengths, NaN, ±inf, subnormals, huge dimensions), SMILES (random bytes and mutations of
 //! real ones from `data/molecules`), model manifests and ONNX files, and the arguments of every
 //! `phenix*` SQL function. Every property asserts: no panic inside phenix (a panic hook counts panics on
@@ -9,7 +10,7 @@
 //! answer (distances recomputed in `f64`, encodings against `half`, fingerprints against RDKit's
 //! reference file, KNN against brute force).
 //!
-//! Part 6, untrusted databases: hostile shadow-table contents (`<t>_info`, `<t>_rows`) and symlinks in
+//! Untrusted databases: hostile shadow-table contents (`<t>_info`, `<t>_rows`) and symlinks in
 //! the sidecar directory must not make phenix read or write outside `<db>-phenix/`, and the functions that
 //! take a path (or run SQL text) refuse to run from views and triggers.
 //!
@@ -17,9 +18,8 @@
 //! `PHENIX_PROPTEST_CASES=N` to run every property with N cases (e.g. 5000 for a long run:
 //! `PHENIX_PROPTEST_CASES=5000 cargo test --release -p phenix-sql --test bad_input`).
 //!
-//! One test target, one module per part: `harness` (panic counting, allocation tracking, error
-//! classification), `create` (4a), `vectors` (4b), `smiles` (4c), `bundles` (4d), `functions` (4e),
-//! `untrusted` (6).
+//! One test target, one module per kind of input: `harness` (panic counting, allocation tracking, error
+//! classification), `create`, `vectors`, `smiles`, `bundles`, `functions`, `untrusted`.
 
 mod bundles;
 #[path = "../common/mod.rs"]

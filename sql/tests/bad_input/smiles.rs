@@ -1,4 +1,4 @@
-//! Part 4c: SMILES.
+//! SMILES: mutations of real molecules and random bytes.
 
 use crate::harness::*;
 use proptest::prelude::*;

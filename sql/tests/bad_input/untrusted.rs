@@ -1,4 +1,4 @@
-//! Part 6: untrusted databases.
+//! Untrusted databases: hostile shadow-table contents and sidecar symlinks.
 
 use crate::common::TempDir;
 use crate::harness::*;

@@ -1,4 +1,4 @@
-//! Part 4b: vector values (JSON and blobs) through every vector function.
+//! Vector values (JSON and blobs) through every vector function.
 
 use crate::harness::*;
 use proptest::prelude::*;
