@@ -37,7 +37,7 @@ compile_error!(
 pub(crate) mod args;
 pub mod error;
 pub mod functions;
-pub mod loading;
+pub mod host;
 pub mod models;
 mod table;
 pub mod tvf;
