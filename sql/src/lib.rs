@@ -34,6 +34,7 @@ compile_error!(
      `cargo build --release -p phenix-extension`"
 );
 
+pub mod analysis;
 pub(crate) mod args;
 pub mod error;
 pub mod functions;
@@ -53,6 +54,7 @@ pub use vector::{decode_vector, parse_vector, Decoded, Encoding, VectorError};
 /// `libphenix.so`.
 pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     functions::register(conn)?;
+    analysis::register(conn)?;
     table::register(conn)?;
     models::register(conn)?;
     #[cfg(feature = "panic-test")]

@@ -296,7 +296,11 @@ impl TableState {
         if self.live.is_none() {
             self.load_live()?;
         }
-        Ok(())
+        // A vector file shrunk by another program since the last statement: an error now, instead
+        // of SIGBUS when a row read touches a lost page.
+        self.store()
+            .check_length()
+            .map_err(|e| table_err(&self.name, e))
     }
 
     /// `PRAGMA data_version` of the table's schema (a cached statement: it runs before every query).
