@@ -29,7 +29,7 @@ static HOST_API: AtomicPtr<ffi::sqlite3_api_routines> = AtomicPtr::new(std::ptr:
 /// name, so `.load libphenix` needs no entry-point argument).
 ///
 /// Before rusqlite initialises anything, the host's `libversion_number` is compared with
-/// `phenix_sql::loading::MIN_SQLITE_VERSION_NUMBER`; a too-old host (or an API table without that
+/// `phenix_sql::host::MIN_SQLITE_VERSION_NUMBER`; a too-old host (or an API table without that
 /// function) gets `SQLITE_ERROR` and a message in `*pz_err_msg`, allocated with the table's own
 /// `malloc`, instead of the abort rusqlite's check would cause. A panic anywhere in here is caught and
 /// reported the same way.
@@ -114,7 +114,7 @@ unsafe fn host_check(p_api: *const ffi::sqlite3_api_routines) -> Result<(), Stri
     };
     // SAFETY: a function pointer from the host's API table, which takes no arguments.
     let host = unsafe { libversion_number() };
-    phenix_sql::loading::check_host_version(host)
+    phenix_sql::host::check_host_version(host)
 }
 
 /// Writes `msg` into `*pz_err_msg`, allocated with the host's `malloc` (SQLite frees it with

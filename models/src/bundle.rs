@@ -115,6 +115,17 @@ pub struct MorganSpec {
     pub chirality: bool,
 }
 
+// The one place that turns a manifest's spec into a featurizer: here, not in featurize.rs, so the
+// dependency goes one way (bundle uses featurize; the featurizer knows nothing of manifests).
+impl MorganFeaturizer {
+    /// The featurizer a bundle's `{"kind": "morgan", ...}` asks for.
+    pub fn from_spec(spec: &MorganSpec) -> Result<Self> {
+        Ok(Self::new(spec.radius, spec.n_bits)?
+            .with_counts(spec.counts)
+            .with_chirality(spec.chirality))
+    }
+}
+
 /// `phenomics`: the phenomics encoder and its input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

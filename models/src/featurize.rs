@@ -13,7 +13,6 @@ use chematic_fp::{
     RdkitMorganRadius,
 };
 
-use crate::bundle::MorganSpec;
 use crate::error::{Error, Result};
 
 /// Morgan radii this crate computes bit-identically to RDKit.
@@ -71,13 +70,6 @@ impl MorganFeaturizer {
             chirality: false,
             config: ConfigKey(r, n),
         })
-    }
-
-    /// The featurizer a bundle's `{"kind": "morgan", ...}` asks for.
-    pub fn from_spec(spec: &MorganSpec) -> Result<Self> {
-        Ok(Self::new(spec.radius, spec.n_bits)?
-            .with_counts(spec.counts)
-            .with_chirality(spec.chirality))
     }
 
     /// `true`: [`features_into`](Self::features_into) writes the number of environments folded

@@ -8,7 +8,8 @@
 //!   optional last argument says `'float16'` (or `'float32'`, `'f16'`, `'f32'`, any case). It applies to
 //!   every blob argument of the call.
 //! - A NULL vector argument makes the result NULL (`phenix_mean` skips NULL rows instead).
-//! - Errors are `SQLITE_ERROR` with a message that starts with `phenix: ` ([`crate::error::sql_error`]).
+//! - Bad arguments are `SQLITE_ERROR` with a message that starts with `phenix: `
+//!   ([`crate::error::sql_error`]).
 //! - All functions are `SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS`: pure, usable in indexes, views and
 //!   triggers. Callbacks run inside [`catch_panic`], which turns a panic into an SQL error.
 

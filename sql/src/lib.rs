@@ -38,7 +38,7 @@ pub mod analysis;
 pub(crate) mod args;
 pub mod error;
 pub mod functions;
-pub mod loading;
+pub mod host;
 pub mod models;
 mod table;
 pub mod tvf;

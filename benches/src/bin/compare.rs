@@ -1,4 +1,4 @@
-//! phenix vs sqlite-vec, side by side, through SQL (issue 7). Prints a ratio table.
+//! phenix vs sqlite-vec, side by side, through SQL. Prints a ratio table.
 //!
 //! ```text
 //! cargo run --release -p phenix-benches --bin compare -- [options]
