@@ -13,7 +13,9 @@
 //!   triggers. Callbacks run inside rusqlite's `catch_unwind`, which turns a panic into an SQL error.
 
 use crate::error::sql_error;
-use crate::vector::{check_f16_range, decode_vector, Decoded, Encoding, VectorError};
+use crate::vector::{
+    check_f16_range, decode_vector, decode_vector_into, Decoded, Encoding, VectorError,
+};
 use phenix_core::{kernels::distance_f64, ElemType, Metric};
 use rusqlite::functions::{Aggregate, Context, FunctionFlags, SqlFnOutput, WindowAggregate};
 use rusqlite::types::{Value, ValueRef};
@@ -67,9 +69,15 @@ fn call_scalar(
     body: fn(&str, &[Decoded]) -> Result<Value>,
 ) -> Result<Value> {
     let elem = blob_elem(ctx, n, name)?;
+    // phenix_f16 rounds JSON numbers once, straight to float16.
+    let json_target = if name == "phenix_f16" {
+        ElemType::F16
+    } else {
+        ElemType::F32
+    };
     let mut args = Vec::with_capacity(n);
     for i in 0..n {
-        match decode_vector(ctx.get_raw(i), &arg_name(name, i), elem) {
+        match decode_vector_into(ctx.get_raw(i), &arg_name(name, i), elem, json_target) {
             Ok(d) => args.push(d),
             Err(VectorError::Null { .. }) => return Ok(Value::Null),
             Err(e) => return Err(e.into()),

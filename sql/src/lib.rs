@@ -42,7 +42,7 @@ pub mod vector;
 
 pub use error::{catch_panic, sql_error, sqlite_owned_cstring};
 pub use functions::{create_path_function, path_arg};
-pub use vector::{decode_vector, parse_vector, Decoded, Encoding, VectorError};
+pub use vector::{decode_vector, decode_vector_into, parse_vector, Decoded, Encoding, VectorError};
 
 /// Installs every phenix function (and the `phenix` virtual table) on `conn`.
 ///
