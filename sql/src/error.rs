@@ -9,6 +9,11 @@ use rusqlite::ffi;
 /// A SQLite error (`SQLITE_ERROR`) carrying `msg`, prefixed with `phenix: ` unless it already is.
 pub fn sql_error(msg: impl std::fmt::Display) -> rusqlite::Error {
     let mut s = msg.to_string();
+    // SQLite takes the message as a C string: one with a NUL byte (quoted from a bad argument)
+    // would be dropped whole, leaving only "SQL logic error".
+    if s.contains('\0') {
+        s = s.replace('\0', "\\0");
+    }
     if !s.starts_with("phenix: ") {
         s.insert_str(0, "phenix: ");
     }

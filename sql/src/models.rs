@@ -10,7 +10,7 @@ use crate::error::sql_error;
 use crate::functions::create_path_function;
 use crate::table::text_arg;
 use crate::tvf::{TableFunction, Tvf};
-use crate::vector::{encode_f16, parse_vector};
+use crate::vector::{encode_f16, parse_vector, SUBTYPE_F16};
 use phenix_core::ElemType;
 use phenix_models::{ExecutionProvider, Model, MorganFeaturizer, RuntimeOptions};
 use rusqlite::functions::FunctionFlags;
@@ -169,9 +169,11 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     })?;
     // Embedding functions stay usable in triggers (auto-embedding on insert), so they are not
     // DIRECTONLY; they read only bundles an application registered directly.
+    // Their float16 results carry phenix's float16 subtype (crate::vector::SUBTYPE_F16).
     let embed_flags = FunctionFlags::SQLITE_UTF8
         | FunctionFlags::SQLITE_DETERMINISTIC
-        | FunctionFlags::SQLITE_INNOCUOUS;
+        | FunctionFlags::SQLITE_INNOCUOUS
+        | FunctionFlags::SQLITE_RESULT_SUBTYPE;
     conn.create_scalar_function("phenix_embed_molecule", 3, embed_flags, |ctx| {
         let f = "phenix_embed_molecule";
         let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
@@ -181,13 +183,29 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         let v = m
             .embed_molecules(&[(smiles, conc)])
             .map_err(|e| sql_error(format!("{f}: {e}")))?;
-        Ok(Value::Blob(encode_f16(&v)))
+        Ok((Value::Blob(encode_f16(&v)), Some(SUBTYPE_F16)))
     })?;
     conn.create_scalar_function("phenix_embed_phenomics", 2, embed_flags, |ctx| {
         let f = "phenix_embed_phenomics";
         let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
         let m = model(name)?;
         let d = m.manifest().phenomics.input_dim;
+        // A blob of 2·d bytes would be read as float16 by length, but it is just as likely a
+        // float32 profile of d/2 features: profiles are float32 (or JSON) only.
+        if let ValueRef::Blob(b) = ctx.get_raw(1) {
+            if b.len() != 4 * d {
+                return Err(sql_error(format!(
+                    "{f} argument 2 (profile) expects float32[{d}] (a {} byte blob, or JSON): got a {}-byte blob{}",
+                    4 * d,
+                    b.len(),
+                    if b.len() == 2 * d {
+                        " (a float16 profile? profiles are float32: convert it with phenix_f32(profile, 'float16'))"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
         let profile = parse_vector(
             ctx.get_raw(1),
             &format!("{f} argument 2 (profile)"),
@@ -197,7 +215,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         let v = m
             .embed_phenomics(&profile)
             .map_err(|e| sql_error(format!("{f}: {e}")))?;
-        Ok(Value::Blob(encode_f16(&v)))
+        Ok((Value::Blob(encode_f16(&v)), Some(SUBTYPE_F16)))
     })?;
     const MODELS: Module<'static, Tvf<ModelsFn>> = Module::eponymous_only_module();
     const EMBED: Module<'static, Tvf<EmbedMoleculesFn>> = Module::eponymous_only_module();

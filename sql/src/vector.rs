@@ -11,9 +11,10 @@
 //! - With an expected dimension `N` ([`parse_vector`] with `Some((N, _))`, used for table columns) the
 //!   length decides: `2·N` bytes are `float16`, `4·N` bytes are `float32`, anything else is an error.
 //! - Without one ([`decode_vector`], used by the scalar functions) the caller says how blobs are encoded;
-//!   the SQL functions take it from an optional last argument `'float16'`/`'float32'` (default
-//!   `float32`). SQLite value subtypes are deliberately not used: they do not survive storage in a table,
-//!   so a blob would be read one way straight out of `phenix_f16()` and another way after an `INSERT`.
+//!   the SQL functions take it from the blob's SQLite subtype when it has one of phenix's
+//!   ([`SUBTYPE_F16`], [`SUBTYPE_F32`]: every blob phenix returns carries one), else from an optional
+//!   last argument `'float16'`/`'float32'`, else `float32`. Subtypes do not survive storage in a
+//!   column: a stored `float16` blob needs the argument again.
 //!
 //! Every decoded element is finite (NaN and ±inf are errors). An empty vector is an error.
 //!
@@ -25,6 +26,29 @@ use half::f16;
 use phenix_core::ElemType;
 use rusqlite::types::ValueRef;
 use std::fmt::Write as _;
+
+/// The SQLite subtype phenix gives the `float32` blobs it returns: 223, sqlite-vec's subtype for its
+/// `float32` vectors, so either extension reads the other's results right.
+pub const SUBTYPE_F32: u32 = 223;
+/// The SQLite subtype phenix gives the `float16` blobs it returns (104, `'h'` for half).
+pub const SUBTYPE_F16: u32 = 104;
+
+/// The subtype of a blob of `elem` elements ([`SUBTYPE_F32`] / [`SUBTYPE_F16`]).
+pub fn subtype_of(elem: ElemType) -> u32 {
+    match elem {
+        ElemType::F32 => SUBTYPE_F32,
+        ElemType::F16 => SUBTYPE_F16,
+    }
+}
+
+/// The element type a subtype tags, if it is one of phenix's (or sqlite-vec's `float32`).
+pub fn elem_of_subtype(subtype: u32) -> Option<ElemType> {
+    match subtype {
+        SUBTYPE_F32 => Some(ElemType::F32),
+        SUBTYPE_F16 => Some(ElemType::F16),
+        _ => None,
+    }
+}
 
 /// How a vector value was encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
