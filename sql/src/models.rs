@@ -42,9 +42,9 @@ fn registry() -> &'static Mutex<BTreeMap<String, Entry>> {
     R.get_or_init(|| Mutex::new(BTreeMap::new()))
 }
 
+/// Options of models loaded without a `threads` option: [`crate::settings::onnx_threads`] threads.
 fn default_options() -> RuntimeOptions {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    RuntimeOptions::default().intra_threads(threads)
+    RuntimeOptions::default().intra_threads(crate::settings::onnx_threads())
 }
 
 /// Whether this build has the `default` model compiled in.
