@@ -194,9 +194,7 @@ fn damaged_headers_are_typed_errors() {
         let mut b = good.clone();
         b[byte] ^= 0x10;
         write(&b);
-        let e = VectorStore::open(&p, None, 0, false)
-            .err()
-            .expect("must fail");
+        let e = VectorStore::open(&p, None, 0, false).expect_err("must fail");
         assert!(
             matches!(e, Error::HeaderChecksum { .. }),
             "byte {byte}: {e}"

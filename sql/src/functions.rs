@@ -10,9 +10,9 @@
 //! - A NULL vector argument makes the result NULL (`phenix_mean` skips NULL rows instead).
 //! - Errors are `SQLITE_ERROR` with a message that starts with `phenix: ` ([`crate::error::sql_error`]).
 //! - All functions are `SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS`: pure, usable in indexes, views and
-//!   triggers. Callbacks run inside rusqlite's `catch_unwind`, which turns a panic into an SQL error.
+//!   triggers. Callbacks run inside [`catch_panic`], which turns a panic into an SQL error.
 
-use crate::error::sql_error;
+use crate::error::{catch_panic, sql_error};
 use crate::vector::{
     check_f16_range, decode_vector, decode_vector_into, elem_of_subtype, subtype_of, Decoded,
     Encoding, VectorError,
@@ -56,7 +56,7 @@ pub fn register(conn: &Connection) -> Result<()> {
         let arities: &[usize] = if n == 0 { &[0] } else { &[n, n + 1] };
         for &arity in arities {
             conn.create_scalar_function(name, arity as c_int, pure(), move |ctx| {
-                call_scalar(ctx, name, n, body)
+                catch_panic(name, || call_scalar(ctx, name, n, body))
             })?;
         }
     }
@@ -245,11 +245,11 @@ struct MeanAcc {
 
 impl Aggregate<MeanAcc, (Option<Value>, SubType)> for Mean {
     fn init(&self, _: &mut Context<'_>) -> Result<MeanAcc> {
-        Ok(MeanAcc::default())
+        catch_panic("phenix_mean", || Ok(MeanAcc::default()))
     }
 
     fn step(&self, ctx: &mut Context<'_>, acc: &mut MeanAcc) -> Result<()> {
-        acc.add(ctx, 1.0)
+        catch_panic("phenix_mean", || acc.add(ctx, 1.0))
     }
 
     fn finalize(
@@ -257,17 +257,17 @@ impl Aggregate<MeanAcc, (Option<Value>, SubType)> for Mean {
         _: &mut Context<'_>,
         acc: Option<MeanAcc>,
     ) -> Result<(Option<Value>, SubType)> {
-        Ok(acc.map_or((None, None), |a| a.mean()))
+        catch_panic("phenix_mean", || Ok(acc.map_or((None, None), |a| a.mean())))
     }
 }
 
 impl WindowAggregate<MeanAcc, (Option<Value>, SubType)> for Mean {
     fn value(&self, acc: Option<&mut MeanAcc>) -> Result<(Option<Value>, SubType)> {
-        Ok(acc.map_or((None, None), |a| a.mean()))
+        catch_panic("phenix_mean", || Ok(acc.map_or((None, None), |a| a.mean())))
     }
 
     fn inverse(&self, ctx: &mut Context<'_>, acc: &mut MeanAcc) -> Result<()> {
-        acc.add(ctx, -1.0)
+        catch_panic("phenix_mean", || acc.add(ctx, -1.0))
     }
 }
 
@@ -331,8 +331,8 @@ impl MeanAcc {
 /// the application runs directly. Use it for every function that reads or writes files
 /// (`phenix_model_load`, `phenix_backup`, ...); read the path with [`path_arg`].
 ///
-/// `x_func` runs inside rusqlite's `catch_unwind`; return errors made with
-/// [`crate::error::sql_error`].
+/// `x_func` runs inside [`catch_panic`]; return errors made with [`crate::error::sql_error`] (or an
+/// [`crate::Error`] converted with `.into()`).
 pub fn create_path_function<F, T>(
     conn: &Connection,
     name: &str,
@@ -343,11 +343,12 @@ where
     F: Fn(&Context<'_>) -> Result<T> + Send + 'static,
     T: SqlFnOutput,
 {
+    let what = name.to_string();
     conn.create_scalar_function(
         name,
         n_arg,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY,
-        x_func,
+        move |ctx| catch_panic(&what, || x_func(ctx)),
     )
 }
 

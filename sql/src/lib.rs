@@ -1,8 +1,8 @@
 //! # phenix-sql
 //!
 //! The SQLite surface of phenix: the vector SQL functions ([`functions`]), the parsing of vector
-//! arguments ([`vector`]), the `phenix` virtual table ([`table`]), and the one [`register`] function that
-//! installs all of it on a connection. It owns no storage or search code (that is `phenix-core`) and no
+//! arguments ([`vector`]), the `phenix` virtual table (`src/table/`, internal), the encoder functions
+//! ([`models`]), and the one [`register`] function that installs all of it on a connection. It owns no storage or search code (that is `phenix-core`) and no
 //! model code (`phenix-models`).
 //!
 //! The same [`register`] serves two builds, chosen by exactly one cargo feature:
@@ -11,8 +11,10 @@
 //!   only through the API table the host passes to `sqlite3_phenix_init`. Build it alone with
 //!   `cargo build --release -p phenix-extension`; see `docs/sql.md`, "Loading".
 //!
-//! Invariants: no panic crosses into SQLite (every callback runs inside `catch_unwind`); every error
-//! reaches SQLite as `SQLITE_ERROR` with a message that starts with `phenix: ` ([`error::sql_error`]).
+//! Invariants: no panic crosses into SQLite (every callback runs inside [`catch_panic`]); every error
+//! is an [`Error`] that reaches SQLite with a message that starts with `phenix: ` and the result code
+//! of its class (`SQLITE_CORRUPT_VTAB` for a damaged vector file, `SQLITE_BUSY` for a snapshot
+//! conflict, `SQLITE_CANTOPEN` for a missing file, `SQLITE_ERROR` for bad arguments; see [`error`]).
 //!
 //! ```
 //! # #[cfg(feature = "bundled")] {
@@ -32,16 +34,18 @@ compile_error!(
      `cargo build --release -p phenix-extension`"
 );
 
+pub mod analysis;
+pub(crate) mod args;
 pub mod error;
 pub mod functions;
 pub mod loading;
 pub mod models;
 pub mod settings;
-pub mod table;
+mod table;
 pub mod tvf;
 pub mod vector;
 
-pub use error::{catch_panic, sql_error, sqlite_owned_cstring};
+pub use error::{catch_panic, sql_error, sqlite_owned_cstring, Error, Result};
 pub use functions::{create_path_function, path_arg};
 pub use vector::{decode_vector, decode_vector_into, parse_vector, Decoded, Encoding, VectorError};
 
@@ -61,7 +65,10 @@ pub use phenix_models::{runtime_library_candidates, LibrarySource, RuntimeInfo};
 /// `libphenix.so`.
 pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     functions::register(conn)?;
+    analysis::register(conn)?;
     table::register(conn)?;
     models::register(conn)?;
+    #[cfg(feature = "panic-test")]
+    error::panic_test::register(conn)?;
     Ok(())
 }

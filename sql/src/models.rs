@@ -6,9 +6,9 @@
 //! memory on first use, writing nothing to disk, so it works wherever the library goes (read-only
 //! installs, sandboxes, no `HOME`).
 
-use crate::error::sql_error;
+use crate::args::{int, number, text_arg};
+use crate::error::{create_scalar, sql_error};
 use crate::functions::create_path_function;
-use crate::table::text_arg;
 use crate::tvf::{TableFunction, Tvf};
 use crate::vector::{encode_f16, parse_vector, SUBTYPE_F16};
 use phenix_core::ElemType;
@@ -120,28 +120,12 @@ pub fn model(name: &str) -> rusqlite::Result<Arc<Model>> {
     Ok(m)
 }
 
-fn number(v: ValueRef<'_>, f: &str, what: &str) -> rusqlite::Result<f64> {
-    match v {
-        ValueRef::Integer(i) => Ok(i as f64),
-        ValueRef::Real(r) => Ok(r),
-        ValueRef::Null => Err(sql_error(format!("{f}: {what} is NULL; expected a number"))),
-        _ => Err(sql_error(format!("{f}: {what} must be a number"))),
-    }
-}
-
-fn int(v: ValueRef<'_>, f: &str, what: &str) -> rusqlite::Result<i64> {
-    match v {
-        ValueRef::Integer(i) => Ok(i),
-        _ => Err(sql_error(format!("{f}: {what} must be an integer"))),
-    }
-}
-
 /// Registers the encoder functions.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     let pure = FunctionFlags::SQLITE_UTF8
         | FunctionFlags::SQLITE_DETERMINISTIC
         | FunctionFlags::SQLITE_INNOCUOUS;
-    conn.create_scalar_function("phenix_fingerprint", 3, pure, |ctx| {
+    create_scalar(conn, "phenix_fingerprint", 3, pure, |ctx| {
         let f = "phenix_fingerprint";
         let smiles = text_arg(ctx.get_raw(0), f, "argument 1 (SMILES)")?;
         let radius = int(ctx.get_raw(1), f, "argument 2 (radius)")?;
@@ -154,7 +138,9 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         // A featurizer holds no state: making one per call costs nothing.
         let fp = MorganFeaturizer::new(radius as u32, n_bits as usize)
             .map_err(|e| sql_error(format!("{f}: {e}")))?;
-        let bits = fp.on_bits(smiles).map_err(|e| sql_error(format!("{f}: {e}")))?;
+        let bits = fp
+            .on_bits(smiles)
+            .map_err(|e| sql_error(format!("{f}: {e}")))?;
         Ok(serde_json::to_string(&bits).expect("bits serialise"))
     })?;
     create_path_function(conn, "phenix_model_load", 2, |ctx| load_fn(ctx, None))?;
@@ -174,7 +160,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         | FunctionFlags::SQLITE_DETERMINISTIC
         | FunctionFlags::SQLITE_INNOCUOUS
         | FunctionFlags::SQLITE_RESULT_SUBTYPE;
-    conn.create_scalar_function("phenix_embed_molecule", 3, embed_flags, |ctx| {
+    create_scalar(conn, "phenix_embed_molecule", 3, embed_flags, |ctx| {
         let f = "phenix_embed_molecule";
         let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
         let smiles = text_arg(ctx.get_raw(1), f, "argument 2 (SMILES)")?;
@@ -185,7 +171,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
             .map_err(|e| sql_error(format!("{f}: {e}")))?;
         Ok((Value::Blob(encode_f16(&v)), Some(SUBTYPE_F16)))
     })?;
-    conn.create_scalar_function("phenix_embed_phenomics", 2, embed_flags, |ctx| {
+    create_scalar(conn, "phenix_embed_phenomics", 2, embed_flags, |ctx| {
         let f = "phenix_embed_phenomics";
         let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
         let m = model(name)?;

@@ -123,12 +123,14 @@ unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
     }
 
     fn open(&'vtab mut self) -> rusqlite::Result<TvfCursor<F>> {
-        Ok(TvfCursor {
-            base: sqlite3_vtab_cursor::default(),
-            conn: &self.conn,
-            rows: Vec::new(),
-            pos: 0,
-            f: PhantomData,
+        catch_panic(F::NAME, || {
+            Ok(TvfCursor {
+                base: sqlite3_vtab_cursor::default(),
+                conn: &self.conn,
+                rows: Vec::new(),
+                pos: 0,
+                f: PhantomData,
+            })
         })
     }
 }
@@ -146,8 +148,10 @@ unsafe impl<F: TableFunction> VTabCursor for TvfCursor<F> {
         })
     }
     fn next(&mut self) -> rusqlite::Result<()> {
-        self.pos += 1;
-        Ok(())
+        catch_panic(F::NAME, || {
+            self.pos += 1;
+            Ok(())
+        })
     }
     fn eof(&self) -> bool {
         self.pos >= self.rows.len()
@@ -159,6 +163,6 @@ unsafe impl<F: TableFunction> VTabCursor for TvfCursor<F> {
         })
     }
     fn rowid(&self) -> rusqlite::Result<i64> {
-        Ok(self.pos as i64 + 1)
+        catch_panic(F::NAME, || Ok(self.pos as i64 + 1))
     }
 }

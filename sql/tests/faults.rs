@@ -3,11 +3,12 @@
 //! first few occurrences, during every kind of operation. The failing statement must report the fault
 //! (never succeed silently), and afterwards the table must hold exactly what the model says (the
 //! failed operation's changes gone, everything committed before intact), pass `phenix_check`, and keep
-//! working. The fault state is process-wide, so this file holds one test.
+//! working. Each operation kind is its own test; each attaches its fault plan to its own directory
+//! (`fault::scope`), so the tests run in parallel without seeing each other's faults.
 
 mod common;
 use common::*;
-use phenix_core::fault::{self, FaultPoint};
+use phenix_core::fault::{self, FaultPlan, FaultPoint};
 use rusqlite::{params, Connection};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -196,64 +197,134 @@ fn verify(db: &Path, c: &Connection, m: &Model, what: &str) {
     assert_eq!(report, "ok", "{what}");
 }
 
-#[test]
-fn every_io_fault_fails_cleanly_and_loses_nothing() {
-    let dir = TempDir::new("faults");
+/// Fails every I/O point at each of its first four calls during operation `op_name`, on a fresh
+/// table each time, and checks the outcome against the model.
+fn sweep(op_name: &str) {
+    let (name, op) = ops()
+        .into_iter()
+        .find(|(n, _)| *n == op_name)
+        .expect("a known operation");
+    let dir = TempDir::new(&format!("faults-{}", name.replace(' ', "-")));
+    let plan = FaultPlan::new();
+    let _scope = fault::scope(&dir.0, plan.clone());
     let mut fired_cases = 0;
     let mut cases = 0;
     let mut per_point: BTreeMap<String, u32> = BTreeMap::new();
-    for (name, op) in ops() {
-        for point in FaultPoint::ALL {
-            for nth in 0..4u64 {
-                cases += 1;
-                let case = dir.0.join(format!("c{cases}"));
-                std::fs::create_dir_all(&case).unwrap();
-                let db = case.join("t.db");
-                let (c, mut m) = setup(&db);
-                let before = m.clone();
-                let fired0 = fault::fired();
-                fault::arm(point, nth);
-                let r = op(&db, &c, &mut m);
-                fault::disarm();
-                let fired = fault::fired() > fired0;
-                let what = format!("{name}, {point:?} #{nth}");
-                if fired {
-                    fired_cases += 1;
-                    *per_point.entry(format!("{point:?}")).or_default() += 1;
-                    match &r {
-                        Err(e) => {
-                            let e = e.to_string();
-                            assert!(
-                                e.contains("injected fault") && e.contains("phenix"),
-                                "{what}: the error does not name the fault: {e}"
-                            );
-                            m = before.clone();
-                        }
-                        // A failed clean-up after a rollback is reported to SQLite, which ignores it;
-                        // the rows it left are past the committed count and removed by the next writer.
-                        Ok(())
-                            if name == "insert then roll back"
-                                || name == "savepoint rolled back" => {}
-                        Ok(()) => panic!("{what}: the fault fired but the statement succeeded"),
+    for point in FaultPoint::ALL {
+        for nth in 0..4u64 {
+            cases += 1;
+            let case = dir.0.join(format!("c{cases}"));
+            std::fs::create_dir_all(&case).unwrap();
+            let db = case.join("t.db");
+            let (c, mut m) = setup(&db);
+            let before = m.clone();
+            let fired0 = plan.fired();
+            plan.arm(point, nth);
+            let r = op(&db, &c, &mut m);
+            plan.disarm();
+            let fired = plan.fired() > fired0;
+            let what = format!("{name}, {point:?} #{nth}");
+            if fired {
+                fired_cases += 1;
+                *per_point.entry(format!("{point:?}")).or_default() += 1;
+                match &r {
+                    Err(e) => {
+                        let e = e.to_string();
+                        assert!(
+                            e.contains("injected fault") && e.contains("phenix"),
+                            "{what}: the error does not name the fault: {e}"
+                        );
+                        m = before.clone();
                     }
-                } else {
-                    r.unwrap_or_else(|e| panic!("{what}: failed without a fault: {e}"));
+                    // A failed clean-up after a rollback is reported to SQLite, which ignores it;
+                    // the rows it left are past the committed count and removed by the next writer.
+                    Ok(())
+                        if name == "insert then roll back" || name == "savepoint rolled back" => {}
+                    Ok(()) => panic!("{what}: the fault fired but the statement succeeded"),
                 }
-                verify(&db, &c, &m, &what);
-                // Still usable: a write and a read on the connection that saw the fault.
-                atomically(&c, &mut m, |c, m| insert(c, m, 9999))
-                    .unwrap_or_else(|e| panic!("{what}: write after the fault: {e}"));
-                verify(&db, &c, &m, &format!("{what}, then a write"));
-                drop(c);
-                let _ = std::fs::remove_dir_all(&case);
+            } else {
+                r.unwrap_or_else(|e| panic!("{what}: failed without a fault: {e}"));
             }
+            verify(&db, &c, &m, &what);
+            // Still usable: a write and a read on the connection that saw the fault.
+            atomically(&c, &mut m, |c, m| insert(c, m, 9999))
+                .unwrap_or_else(|e| panic!("{what}: write after the fault: {e}"));
+            verify(&db, &c, &m, &format!("{what}, then a write"));
+            drop(c);
+            let _ = std::fs::remove_dir_all(&case);
         }
     }
-    eprintln!("{cases} cases, {fired_cases} with a fault fired: {per_point:?}");
+    eprintln!("{name}: {cases} cases, {fired_cases} with a fault fired: {per_point:?}");
+    assert!(fired_cases > 0, "{name}: no fault fired");
+}
+
+#[test]
+fn faults_during_inserts() {
+    sweep("insert 300 rows");
+}
+
+#[test]
+fn faults_during_update_and_delete() {
+    sweep("update and delete");
+}
+
+#[test]
+fn faults_during_optimize() {
+    sweep("optimize");
+}
+
+#[test]
+fn faults_during_a_rollback() {
+    sweep("insert then roll back");
+}
+
+#[test]
+fn faults_during_a_savepoint_rollback() {
+    sweep("savepoint rolled back");
+}
+
+#[test]
+fn faults_during_create_table() {
+    sweep("create a second table");
+}
+
+#[test]
+fn faults_during_a_read_on_a_new_connection() {
+    sweep("read on a new connection");
+}
+
+/// Every I/O point is reached, and fails cleanly, by at least one operation.
+#[test]
+fn every_point_fails_in_some_operation() {
+    let dir = TempDir::new("faults-points");
+    let mut reached = BTreeMap::new();
+    for (name, op) in ops() {
+        for point in FaultPoint::ALL {
+            let case = dir.0.join(format!("{}-{point:?}", name.replace(' ', "-")));
+            std::fs::create_dir_all(&case).unwrap();
+            let plan = FaultPlan::new();
+            let _scope = fault::scope(&case, plan.clone());
+            let db = case.join("t.db");
+            let (c, mut m) = setup(&db);
+            plan.arm(point, 0);
+            let r = op(&db, &c, &mut m);
+            plan.disarm();
+            if plan.fired() > 0 {
+                reached.insert(format!("{point:?}"), name);
+                if let Err(e) = r {
+                    assert!(
+                        e.to_string().contains("injected fault"),
+                        "{name}, {point:?}: {e}"
+                    );
+                }
+            }
+            drop(c);
+        }
+    }
     for point in FaultPoint::ALL {
         assert!(
-            per_point.contains_key(&format!("{point:?}")),
-            "no operation reached {point:?}"
+            reached.contains_key(&format!("{point:?}")),
+            "no operation reached {point:?}: {reached:?}"
         );
     }
 }

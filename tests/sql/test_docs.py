@@ -1,12 +1,14 @@
-"""Runs every example in docs/sql.md through the real sqlite3 CLI (and Python's sqlite3) and compares
-with the recorded output.
+"""Runs every example in docs/sql.md and docs/analysis.md through the real sqlite3 CLI (and Python's
+sqlite3) and compares with the recorded output.
 
 Rules for docs/sql.md (stated at the top of that file too):
 - every ```sql block is followed by an ```output block with exactly what ``/usr/bin/sqlite3`` prints in
   its default list mode: stdout, then stderr; an empty output block means no output;
 - the blocks of one ``## `` section run in order against one database file, fresh for each section, in a
   temporary directory that is also the working directory; phenix is loaded with ``-cmd .load``;
-- no dot-commands in examples (the Python run could not follow them).
+- no dot-commands in examples (the Python run could not follow them), except ``.import --csv FILE
+  TABLE`` in docs/analysis.md, which the Python run replays (every column TEXT, as the CLI creates them);
+  the worked example's ``plate.csv`` is written by ``models/training/plate_csv.py`` before its section.
 
 Nothing is skipped: a sql block without an output block, or an output block without a sql block, fails
 the structure test. ``PHENIX_DOCS_REGEN=1`` rewrites the output blocks from the CLI instead of comparing
@@ -15,10 +17,13 @@ the structure test. ``PHENIX_DOCS_REGEN=1`` rewrites the output blocks from the 
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import sqlite3
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +32,10 @@ import pytest
 from conftest import ROOT, SQLITE3_CLI, _split as split_statements
 
 DOC = ROOT / "docs" / "sql.md"
+ANALYSIS = ROOT / "docs" / "analysis.md"
+DOCS = {"sql.md": DOC, "analysis.md": ANALYSIS}
+# Sections that read plate.csv (written before they run).
+NEEDS_PLATE = {("analysis.md", "Worked example")}
 
 
 @dataclass
@@ -45,7 +54,7 @@ class Doc:
     problems: list[str] = field(default_factory=list)
 
 
-def parse(text: str) -> Doc:
+def parse(text: str, allow_import: bool = False) -> Doc:
     lines = text.split("\n")
     doc = Doc(lines)
     section = "(preamble)"
@@ -91,13 +100,14 @@ def parse(text: str) -> Doc:
         doc.problems.append(f"line {pending.line}: ```sql block not followed by an ```output block")
     for ex in doc.examples:
         for k, l in enumerate(ex.sql.split("\n")):
-            if l.startswith("."):
+            if l.startswith(".") and not (allow_import and l.startswith(".import --csv ")):
                 doc.problems.append(f"line {ex.line + 1 + k}: dot-command in an example: {l!r}")
     return doc
 
 
-DOC_PARSED = parse(DOC.read_text())
-SECTIONS = list(dict.fromkeys(ex.section for ex in DOC_PARSED.examples))
+PARSED = {name: parse(path.read_text(), allow_import=name == "analysis.md") for name, path in DOCS.items()}
+DOC_PARSED = PARSED["sql.md"]
+SECTIONS = [(name, s) for name, d in PARSED.items() for s in dict.fromkeys(ex.section for ex in d.examples)]
 
 
 def run_cli(ext: Path, db: Path, sql: str) -> str:
@@ -140,7 +150,27 @@ def run_python(ext: Path, db: Path, sql: str) -> tuple[list[str], list[str]]:
     cwd = os.getcwd()
     os.chdir(db.parent)
     try:
-        for st in split_statements(sql):
+        chunks, cur = [], []
+        for line in sql.split("\n"):
+            if line.startswith(".import --csv "):
+                chunks.append("\n".join(cur))
+                chunks.append(line)
+                cur = []
+            else:
+                cur.append(line)
+        chunks.append("\n".join(cur))
+        stmts = []
+        for ch in chunks:
+            stmts.extend([ch] if ch.startswith(".import") else split_statements(ch))
+        for st in stmts:
+            if st.startswith(".import --csv "):
+                _, _, path, table = st.split()
+                with open(path, newline="") as f:
+                    rows = list(csv.reader(f))
+                cols = ", ".join('"%s" TEXT' % c.replace('"', '""') for c in rows[0])
+                conn.execute(f'CREATE TABLE "{table}"({cols})')
+                conn.executemany(f'INSERT INTO "{table}" VALUES ({", ".join("?" * len(rows[0]))})', rows[1:])
+                continue
             try:
                 for row in conn.execute(st):
                     out.append("|".join(render(v) for v in row))
@@ -152,9 +182,14 @@ def run_python(ext: Path, db: Path, sql: str) -> tuple[list[str], list[str]]:
     return out, errors
 
 
-def test_doc_structure():
-    assert DOC_PARSED.examples, "docs/sql.md has no examples"
-    assert not DOC_PARSED.problems, "\n".join(DOC_PARSED.problems)
+@pytest.mark.parametrize("name", list(DOCS))
+def test_doc_structure(name):
+    assert PARSED[name].examples, f"docs/{name} has no examples"
+    assert not PARSED[name].problems, "\n".join(PARSED[name].problems)
+
+
+def test_analysis_is_linked_from_sql_md():
+    assert "(analysis.md)" in DOC.read_text()
 
 
 def test_every_function_is_documented(py_host):
@@ -165,18 +200,31 @@ def test_every_function_is_documented(py_host):
         )
     }
     assert "phenix_version" in names
-    text = DOC.read_text()
+    text = DOC.read_text() + "\n" + ANALYSIS.read_text()
     missing = sorted(n for n in names if not re.search(rf"^### `?{n}\(", text, re.M))
-    assert not missing, f"functions without a '### name(' heading in docs/sql.md: {missing}"
+    assert not missing, f"functions without a '### name(' heading in docs/sql.md or docs/analysis.md: {missing}"
 
 
-@pytest.mark.parametrize("section", SECTIONS)
-def test_examples(section, ext, tmp_path):
+@pytest.fixture(scope="session")
+def plate_csv(tmp_path_factory) -> Path:
+    """The worked example's simulated plate CSV (models/training/plate_csv.py), written once."""
+    out = tmp_path_factory.mktemp("plate") / "plate.csv"
+    subprocess.run([sys.executable, str(ROOT / "models" / "training" / "plate_csv.py"), str(out)], check=True, timeout=600)
+    return out
+
+
+@pytest.mark.parametrize("docname,section", SECTIONS)
+def test_examples(docname, section, ext, tmp_path, request):
     regen = os.environ.get("PHENIX_DOCS_REGEN") == "1"
-    doc = parse(DOC.read_text()) if regen else DOC_PARSED
+    DOC = DOCS[docname]
+    doc = parse(DOC.read_text(), allow_import=docname == "analysis.md") if regen else PARSED[docname]
     (tmp_path / "cli").mkdir()
     (tmp_path / "py").mkdir()
     cli_db, py_db = tmp_path / "cli" / "doc.db", tmp_path / "py" / "doc.db"
+    if (docname, section) in NEEDS_PLATE:
+        src = request.getfixturevalue("plate_csv")
+        for d in ("cli", "py"):
+            shutil.copy(src, tmp_path / d / "plate.csv")
     failures = []
     for ex in [e for e in doc.examples if e.section == section]:
         got = run_cli(ext, cli_db, ex.sql)
@@ -185,20 +233,20 @@ def test_examples(section, ext, tmp_path):
             continue
         if got != (ex.output or "").rstrip("\n"):
             failures.append(
-                f"docs/sql.md line {ex.line}:\n{ex.sql}\n--- expected\n{ex.output}\n--- sqlite3 CLI printed\n{got}"
+                f"docs/{docname} line {ex.line}:\n{ex.sql}\n--- expected\n{ex.output}\n--- sqlite3 CLI printed\n{got}"
             )
             continue
         rows, errors = run_python(ext, py_db, ex.sql)
         cli_lines = got.split("\n") if got else []
         # The CLI prints stdout first, then stderr: the rows are a prefix, the error lines follow.
         if cli_lines[: len(rows)] != rows:
-            failures.append(f"docs/sql.md line {ex.line}: Python printed {rows}, the CLI {cli_lines}")
+            failures.append(f"docs/{docname} line {ex.line}: Python printed {rows}, the CLI {cli_lines}")
         stderr = "\n".join(cli_lines[len(rows) :])
         for msg in errors:
             if msg not in stderr:
-                failures.append(f"docs/sql.md line {ex.line}: Python error {msg!r} not in the CLI's {stderr!r}")
+                failures.append(f"docs/{docname} line {ex.line}: Python error {msg!r} not in the CLI's {stderr!r}")
         if not errors and stderr:
-            failures.append(f"docs/sql.md line {ex.line}: CLI error {stderr!r} but none in Python")
+            failures.append(f"docs/{docname} line {ex.line}: CLI error {stderr!r} but none in Python")
     if regen:
         lines = DOC.read_text().split("\n")
         for ex in sorted(

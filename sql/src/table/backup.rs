@@ -14,8 +14,10 @@
 //! The result is the last committed state: a write transaction still open on the calling connection is
 //! not part of it.
 
-use super::state::{self, checked_sidecar_dir, checked_sidecar_path, qualified};
-use crate::error::sql_error;
+use super::shadow::{self, Info, COMMITTED, GENERATION};
+use super::sidecar::{self, checked_sidecar_dir, checked_sidecar_path, Expected};
+use crate::args::text_arg;
+use crate::error::{sql_error, Error};
 use crate::functions::{create_path_function, path_arg};
 use phenix_core::store::{sync_parent_dir, VectorStore};
 use rusqlite::backup::{Backup, StepResult};
@@ -26,18 +28,18 @@ use std::time::Duration;
 const F: &str = "phenix_backup";
 
 /// Registers `phenix_backup(dest)` and `phenix_backup(dest, schema)` (DIRECTONLY: they write files).
-pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
     for n_arg in [1, 2] {
         create_path_function(conn, F, n_arg, move |ctx| {
             let dest = path_arg(ctx, 0, F)?;
             let schema = if n_arg == 2 {
-                super::text_arg(ctx.get_raw(1), F, "argument 2 (schema)")?.to_string()
+                text_arg(ctx.get_raw(1), F, "argument 2 (schema)")?.to_string()
             } else {
                 "main".to_string()
             };
             // SAFETY: the connection is only used for the duration of this call, on its own thread.
             let conn = unsafe { ctx.get_connection() }?;
-            let src = state::db_file(&conn, &schema)?.ok_or_else(|| {
+            let src = sidecar::db_file(&conn, &schema)?.ok_or_else(|| {
                 sql_error(format!(
                     "{F}: schema {schema} is not a database file (temp, :memory: or unknown); only file databases can be backed up"
                 ))
@@ -51,7 +53,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Copies database `src` and its phenix vector files to `dest`; returns (tables, rows copied).
 pub fn backup(src: &Path, dest: &Path) -> rusqlite::Result<(u64, u64)> {
-    let dest_dir = state::sidecar_dir(dest);
+    let dest_dir = sidecar::sidecar_dir(dest);
     for p in [dest, dest_dir.as_path()] {
         if std::fs::symlink_metadata(p).is_ok() {
             return Err(sql_error(format!(
@@ -67,15 +69,7 @@ pub fn backup(src: &Path, dest: &Path) -> rusqlite::Result<(u64, u64)> {
     s.busy_timeout(Duration::from_secs(10))?;
     s.execute_batch("BEGIN")?;
     // The first read starts the read transaction: from here on `s` sees one snapshot.
-    let tables: Vec<String> = {
-        let mut st = s.prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%USING phenix%'",
-        )?;
-        let v = st
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        v
-    };
+    let tables = shadow::phenix_tables(&s, "main")?;
     let result = copy_all(&s, src, dest, &tables);
     let _ = s.execute_batch("COMMIT");
     if result.is_err() {
@@ -95,59 +89,60 @@ fn copy_all(
     // Open every vector file first (an open descriptor survives a compaction's clean-up).
     let mut files = Vec::new();
     for t in tables {
-        let info = qualified("main", &format!("{t}_info"));
-        let (id, generation, committed): (String, i64, i64) = s.query_row(
-            &format!(
-                "SELECT (SELECT value FROM {info} WHERE key = 'table_id'), (SELECT value FROM {info} WHERE key = 'generation'), (SELECT value FROM {info} WHERE key = 'committed')"
-            ),
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        ).map_err(|e| sql_error(format!("{F}: phenix table {t}: cannot read {t}_info: {e}; run phenix_check")))?;
-        let bad = || {
+        let info = Info::read(s, "main", t).map_err(|e| {
             sql_error(format!(
+                "{F}: phenix table {t}: cannot read {t}_info: {e}; run phenix_check"
+            ))
+        })?;
+        let (Some(id_bytes), Some(generation), Some(committed)) = (
+            info.table_id(),
+            info.count(GENERATION),
+            info.count(COMMITTED),
+        ) else {
+            return Err(Error::Corrupt(format!(
                 "{F}: phenix table {t}: {t}_info is damaged; run phenix_check"
             ))
+            .into());
         };
-        let id_bytes = state::unhex(&id).ok_or_else(bad)?;
-        if generation < 0 || committed < 0 {
-            return Err(bad());
-        }
-        let path = checked_sidecar_path(src, &id_bytes, generation as u64)?;
-        let store = VectorStore::open(&path, None, committed as u64, false)
-            .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
-        state::check_header(&store, &path, t, &id_bytes, generation as u64)
-            .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}; run phenix_check")))?;
-        files.push((
-            t.clone(),
-            id_bytes,
-            generation as u64,
-            committed as u64,
-            store,
-        ));
+        let path = checked_sidecar_path(src, &id_bytes, generation)?;
+        let want = Expected {
+            table: t,
+            id: &id_bytes,
+            generation,
+            committed,
+            layout: None,
+        };
+        let store = sidecar::open_vector_file(&path, &want, false).map_err(|e| match e {
+            Error::Corrupt(m) => {
+                Error::Corrupt(format!("{F}: phenix table {t}: {m}; run phenix_check"))
+            }
+            e => e.with_context(&format!("{F}: phenix table {t}: ")),
+        })?;
+        files.push((t.clone(), id_bytes, generation, committed, store));
     }
     let mut rows = 0u64;
     if !files.is_empty() {
-        let dir = state::sidecar_dir(dest);
+        let dir = sidecar::sidecar_dir(dest);
         std::fs::create_dir(&dir)
-            .map_err(|e| sql_error(format!("{F}: cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| Error::Io(format!("{F}: cannot create {}: {e}", dir.display())))?;
         checked_sidecar_dir(dest)?;
         for (t, id, generation, committed, mut store) in files {
-            let path = state::sidecar_path(dest, &id, generation);
+            let path = sidecar::sidecar_path(dest, &id, generation);
             let mut out = VectorStore::create_with_header(&path, *store.header())
-                .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
+                .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
             const CHUNK: u64 = 16_384;
             let mut at = 0;
             while at < committed {
                 let end = (at + CHUNK).min(committed);
                 let view = store
                     .view(end)
-                    .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
+                    .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
                 out.append_encoded(view.raw(at as usize..end as usize))
-                    .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
+                    .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
                 at = end;
             }
             out.sync()
-                .map_err(|e| sql_error(format!("{F}: phenix table {t}: {e}")))?;
+                .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
             rows += committed;
         }
     }

@@ -12,20 +12,23 @@
 //! The result is `ok` or one line per problem (like `PRAGMA integrity_check`). A table whose damage stops
 //! it from opening is still checked: the check opens the file itself, read-only.
 
-use super::retrieve::split_name;
+use super::names::{self, qualified, split_name};
+use super::registry::{self, lock_state};
 use super::schema::{self, TableDef};
-use super::state::{self, TableState};
-use super::vtab::lock_state;
-use super::{table_err, text_arg};
-use crate::error::sql_error;
+use super::shadow::{self, COMMITTED, DEFINITION, FORMAT, FORMAT_VERSION, GENERATION, TABLE_ID};
+use super::sidecar::{self, Expected};
+use super::state::TableState;
+use crate::args::{table_err, text_arg};
+use crate::error::{create_scalar, sql_error, Error};
 use phenix_core::store::VectorStore;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 /// Registers `phenix_check(table)`.
-pub fn register(conn: &Connection) -> rusqlite::Result<()> {
-    conn.create_scalar_function(
+pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
+    create_scalar(
+        conn,
         "phenix_check",
         1,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY,
@@ -45,23 +48,10 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Checks table `name` (`table` or `schema.table`) as committed, or as this connection's open write
 /// transaction sees it. An error only when there is no such phenix table; problems are returned.
-pub fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec<String>> {
+pub(crate) fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec<String>> {
     let (schema, table) = split_name(name);
-    let sql: Option<String> = conn
-        .query_row(
-            &format!(
-                "SELECT sql FROM \"{}\".sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
-                schema.replace('"', "\"\"")
-            ),
-            [&table],
-            |r| r.get(0),
-        )
-        .optional()
+    let is_phenix = shadow::is_phenix_table(conn, &schema, &table)
         .map_err(|e| sql_error(format!("phenix_check: no table {name}: {e}")))?;
-    let is_phenix = sql.is_some_and(|s| {
-        let s = s.to_ascii_lowercase();
-        s.starts_with("create virtual table") && s.contains("using phenix")
-    });
     if !is_phenix {
         return Err(sql_error(format!(
             "phenix_check: {name} is not a phenix table in schema {schema}"
@@ -71,9 +61,9 @@ pub fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec<String
     // that it appended are live).
     // SAFETY: only the handle's address is used, as a registry key.
     let db = unsafe { conn.handle() } as usize;
-    if let Some(s) = state::lookup_state(&state::key(db, &schema, &table)) {
+    if let Some(s) = registry::lookup_state(&names::key(db, &schema, &table)) {
         let st = lock_state(&s);
-        if st.in_write {
+        if st.in_write() {
             return check_state(&st);
         }
     }
@@ -81,14 +71,14 @@ pub fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec<String
     let Some(info) = read_info(conn, &schema, &table, &mut p)? else {
         return Ok(p);
     };
-    let mut store = match state::db_file(conn, &schema)? {
+    let mut store = match sidecar::db_file(conn, &schema)? {
         Some(dbf) => match open_checked(&dbf, &table, &info, &mut p) {
             Some(s) => s,
             None => return Ok(p),
         },
         None => {
             // In-memory tables: the vectors live in this process; check them through the connection.
-            let Some(s) = state::lookup_state(&state::key(db, &schema, &table)) else {
+            let Some(s) = registry::lookup_state(&names::key(db, &schema, &table)) else {
                 p.push(format!(
                     "{table}: its in-memory vectors are not loaded in this connection"
                 ));
@@ -106,30 +96,30 @@ pub fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec<String
 
 /// Checks a connected table through its state (the command form, and a table inside a write
 /// transaction).
-pub fn check_state(st: &TableState) -> rusqlite::Result<Vec<String>> {
+pub(crate) fn check_state(st: &TableState) -> rusqlite::Result<Vec<String>> {
     let mut p = Vec::new();
-    let Some(info) = read_info(&st.conn, &st.schema, &st.name, &mut p)? else {
+    let Some(info) = read_info(st.conn(), st.schema(), st.name(), &mut p)? else {
         return Ok(p);
     };
-    if let Some(dbf) = state::db_file(&st.conn, &st.schema)? {
+    if let Some(dbf) = sidecar::db_file(st.conn(), st.schema())? {
         // The file on disk, as another connection would open it (our own appends may still be
         // buffered, so the committed count is the one to hold it to).
-        let at = if st.in_write {
+        let at = if st.in_write() {
             Info {
-                generation: st.generation,
-                committed: st.committed.min(info.committed),
+                generation: st.generation(),
+                committed: st.committed().min(info.committed),
                 ..info.clone()
             }
         } else {
             info.clone()
         };
-        if open_checked(&dbf, &st.name, &at, &mut p).is_none() {
+        if open_checked(&dbf, st.name(), &at, &mut p).is_none() {
             return Ok(p);
         }
     }
     let bound = st.visible_rows();
     let mut store = st.store();
-    check_rows(&st.conn, &st.schema, &st.name, &mut store, bound, &mut p)?;
+    check_rows(st.conn(), st.schema(), st.name(), &mut store, bound, &mut p)?;
     Ok(p)
 }
 
@@ -148,51 +138,40 @@ fn read_info(
     table: &str,
     p: &mut Vec<String>,
 ) -> rusqlite::Result<Option<Info>> {
-    let info = state::qualified(schema, &format!("{table}_info"));
-    let mut vals = std::collections::HashMap::new();
-    let r = conn
-        .prepare(&format!("SELECT key, value FROM {info}"))
-        .and_then(|mut st| {
-            st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Value>(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        });
-    match r {
-        Ok(rows) => vals.extend(rows),
+    let vals = match shadow::Info::read(conn, schema, table) {
+        Ok(v) => v,
         Err(e) => {
             p.push(format!("{table}_info cannot be read: {e}"));
             return Ok(None);
         }
-    }
-    let int = |k: &str, p: &mut Vec<String>| match vals.get(k) {
-        Some(Value::Integer(i)) if *i >= 0 => Some(*i as u64),
-        other => {
+    };
+    let int = |k: &str, p: &mut Vec<String>| match vals.count(k) {
+        Some(i) => Some(i),
+        None => {
             p.push(format!(
                 "{table}_info: `{k}` is {}; expected a non-negative integer",
-                describe(other)
+                describe(vals.get(k))
             ));
             None
         }
     };
-    let committed = int("committed", p);
-    let generation = int("generation", p);
-    if let Some(f) = int("format", p) {
-        if f != 1 {
+    let committed = int(COMMITTED, p);
+    let generation = int(GENERATION, p);
+    if let Some(f) = int(FORMAT, p) {
+        if f != FORMAT_VERSION {
             p.push(format!(
-                "{table}_info: format {f}; this phenix reads format 1"
+                "{table}_info: format {f}; this phenix reads format {FORMAT_VERSION}"
             ));
         }
     }
-    let id = match vals.get("table_id") {
-        Some(Value::Text(t)) => state::unhex(t),
-        _ => None,
-    };
+    let id = vals.table_id();
     if id.is_none() {
         p.push(format!(
             "{table}_info: `table_id` is {}; expected 32 hex digits",
-            describe(vals.get("table_id"))
+            describe(vals.get(TABLE_ID))
         ));
     }
-    let def = match vals.get("definition") {
+    let def = match vals.get(DEFINITION) {
         Some(Value::Text(d)) => {
             let args: Vec<&str> = d.split(", ").collect();
             match schema::parse(table, &args) {
@@ -242,7 +221,7 @@ fn open_checked(
     info: &Info,
     p: &mut Vec<String>,
 ) -> Option<VectorStore> {
-    let path = match state::checked_sidecar_path(db, &info.id, info.generation) {
+    let path = match sidecar::checked_sidecar_path(db, &info.id, info.generation) {
         Ok(p) => p,
         Err(e) => {
             p.push(e.to_string());
@@ -266,18 +245,24 @@ fn open_checked(
         }
         Ok(_) => {}
     }
-    let s = match VectorStore::open(&path, Some(info.def.layout), info.committed, false) {
-        Ok(s) => s,
-        Err(e) => {
-            p.push(table_err(table, e).to_string());
-            return None;
-        }
+    let want = Expected {
+        table,
+        id: &info.id,
+        generation: info.generation,
+        committed: info.committed,
+        layout: Some(info.def.layout),
     };
-    if let Err(e) = state::check_header(&s, &path, table, &info.id, info.generation) {
-        p.push(e);
-        return None;
+    match sidecar::open_vector_file(&path, &want, false) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            p.push(match e {
+                // A file of another table or generation: the problem as it is.
+                Error::Corrupt(m) => m,
+                e => e.in_table(table).to_string(),
+            });
+            None
+        }
     }
-    Some(s)
 }
 
 /// Checks `<t>_rows` against a store holding `bound` readable rows, and every live vector.
@@ -289,7 +274,7 @@ fn check_rows(
     bound: u64,
     p: &mut Vec<String>,
 ) -> rusqlite::Result<()> {
-    let rows = state::qualified(schema, &format!("{table}_rows"));
+    let rows = qualified(schema, &format!("{table}_rows"));
     let mut slots: Vec<u64> = Vec::new();
     let mut bad_type = 0u64;
     let mut out_of_range = 0u64;

@@ -1,23 +1,49 @@
-//! The `phenix` virtual table and the retrieval functions built on it.
+//! The `phenix` virtual table and the functions built on it.
 //!
-//! - [`vtab`]: `CREATE VIRTUAL TABLE t USING phenix(...)`, INSERT/UPDATE/DELETE, KNN with `MATCH` + `k`.
+//! SQL surface:
+//! - [`vtab`]: the rusqlite trait glue of `CREATE VIRTUAL TABLE t USING phenix(...)`; every method
+//!   calls into one of:
+//!   - [`write`]: INSERT/UPDATE/DELETE and the `INSERT INTO t(t) VALUES ('<command>')` commands;
+//!   - [`plan`]: xBestIndex, the [`plan::Plan`] and its idxNum/idxStr encoding;
+//!   - [`cursor`]: xFilter/xColumn/xRowid, one function per plan (KNN, point, scan);
+//!   - [`prefilter`]: the metadata pre-filter of KNN queries and its in-memory cache.
 //! - [`retrieve`]: `phenix_retrieve` (table-valued and scalar) and `phenix_retrieve_all`.
-//! - [`state`]: shadow tables, sidecar file and the commit protocol of docs/design.md.
-//! - [`schema`]: parsing the column definitions.
 //! - [`check`]: `phenix_check`, the integrity check.
 //! - [`backup`]: `phenix_backup`, a consistent copy of a database and its vector files.
+//!
+//! Storage and state:
+//! - [`state`]: one table's per-connection state (private fields), with the commit protocol
+//!   (`state/txn.rs`) and compaction (`state/compact.rs`);
+//! - [`live`]: the live set (slot → rowid) and its invariants;
+//! - [`shadow`]: the shadow tables and the one reader of `<t>_info`;
+//! - [`sidecar`]: vector-file paths, open-and-check-header, orphan collection;
+//! - [`registry`]: process-wide registries (connected tables, in-memory stores, thread count);
+//! - [`schema`]: parsing the column definitions; [`names`]: quoting and registry keys.
+//!
+//! Dependencies point one way: vtab → {write, plan, cursor} → {prefilter, state} → {live, shadow,
+//! sidecar, registry, names}; check is used by write and uses only the storage modules; retrieve uses
+//! the storage modules.
 
-pub mod backup;
-pub mod check;
-pub mod retrieve;
-pub mod schema;
-pub mod state;
-pub mod vtab;
+pub(crate) mod backup;
+pub(crate) mod check;
+pub(crate) mod cursor;
+pub(crate) mod live;
+pub(crate) mod names;
+pub(crate) mod plan;
+pub(crate) mod prefilter;
+pub(crate) mod registry;
+pub(crate) mod retrieve;
+pub(crate) mod schema;
+pub(crate) mod shadow;
+pub(crate) mod sidecar;
+pub(crate) mod state;
+pub(crate) mod vtab;
+pub(crate) mod write;
 
+use crate::error::catch_panic;
 use rusqlite::ffi;
 use rusqlite::vtab::Module;
 use std::ffi::{c_char, c_int, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use vtab::PhenixTab;
 
 /// Sets a vtab's error message (SQLite frees it with `sqlite3_free`).
@@ -34,10 +60,12 @@ unsafe fn set_err(vt: *mut ffi::sqlite3_vtab, msg: &str) {
     }
 }
 
-/// Runs `f` on the `PhenixTab` behind `vt`, catching panics.
+/// Runs `f` on the `PhenixTab` behind `vt` inside [`catch_panic`]; an error's message goes to
+/// `zErrMsg` and its code is returned.
 ///
 /// # Safety
-/// `vt` must point at a `PhenixTab` created by this module.
+/// `vt` must point at a `PhenixTab` created by this module: the hooks calling this are installed only
+/// in [`MODULE`], so SQLite calls them only on tables of this module.
 unsafe fn with_tab(
     vt: *mut ffi::sqlite3_vtab,
     what: &str,
@@ -45,15 +73,14 @@ unsafe fn with_tab(
 ) -> c_int {
     // SAFETY: every sqlite3_vtab of the `phenix` module is the first field of a `#[repr(C)] PhenixTab`.
     let tab = unsafe { &mut *(vt as *mut PhenixTab) };
-    let r = catch_unwind(AssertUnwindSafe(|| f(tab)));
-    let msg = match r {
-        Ok(Ok(())) => return ffi::SQLITE_OK,
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("phenix: internal error (panic) in {what}"),
+    let (code, msg) = match catch_panic(what, || f(tab)) {
+        Ok(()) => return ffi::SQLITE_OK,
+        Err(rusqlite::Error::SqliteFailure(e, m)) => (e.extended_code, m.unwrap_or_default()),
+        Err(e) => (ffi::SQLITE_ERROR, e.to_string()),
     };
     // SAFETY: `vt` is live.
     unsafe { set_err(vt, &msg) };
-    ffi::SQLITE_ERROR
+    code
 }
 
 /// Runs `f` on the table's state for a savepoint hook. While one of phenix's own xMethods holds the
@@ -72,7 +99,7 @@ fn with_state_unless_nested(
 }
 
 unsafe extern "C" fn x_savepoint(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
-    // SAFETY: called by SQLite on a table of this module.
+    // SAFETY: installed only in MODULE (see `with_tab`).
     unsafe {
         with_tab(vt, "xSavepoint", |t| {
             with_state_unless_nested(t, |st| {
@@ -84,7 +111,7 @@ unsafe extern "C" fn x_savepoint(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int 
 }
 
 unsafe extern "C" fn x_release(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
-    // SAFETY: called by SQLite on a table of this module.
+    // SAFETY: installed only in MODULE (see `with_tab`).
     unsafe {
         with_tab(vt, "xRelease", |t| {
             with_state_unless_nested(t, |st| {
@@ -96,7 +123,7 @@ unsafe extern "C" fn x_release(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
 }
 
 unsafe extern "C" fn x_rollback_to(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
-    // SAFETY: called by SQLite on a table of this module.
+    // SAFETY: installed only in MODULE (see `with_tab`).
     unsafe {
         with_tab(vt, "xRollbackTo", |t| {
             with_state_unless_nested(t, |st| st.rollback_to(i))
@@ -109,7 +136,7 @@ unsafe extern "C" fn x_rename(vt: *mut ffi::sqlite3_vtab, new: *const c_char) ->
     let name = unsafe { CStr::from_ptr(new) }
         .to_string_lossy()
         .into_owned();
-    // SAFETY: called by SQLite on a table of this module.
+    // SAFETY: installed only in MODULE (see `with_tab`).
     unsafe { with_tab(vt, "xRename", |t| t.rename(&name)) }
 }
 
@@ -135,7 +162,7 @@ static MODULE: ffi::sqlite3_module = {
 };
 
 /// Registers the `phenix` module and the retrieval functions.
-pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+pub(crate) fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     // SAFETY: `Module` is `#[repr(transparent)]` over `ffi::sqlite3_module`, so the reference casts; the
     // static lives for the whole program.
     let module: &'static Module<'static, PhenixTab> =
@@ -144,58 +171,4 @@ pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     check::register(conn)?;
     backup::register(conn)?;
     retrieve::register(conn)
-}
-
-/// Argument `i` of a vtab call (NULL past the end).
-pub(crate) fn arg<'a>(
-    v: &'a rusqlite::vtab::Values<'a>,
-    i: usize,
-) -> rusqlite::types::ValueRef<'a> {
-    v.iter().nth(i).unwrap_or(rusqlite::types::ValueRef::Null)
-}
-
-/// An owned copy of a value (text must be UTF-8).
-pub(crate) fn owned(v: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<rusqlite::types::Value> {
-    rusqlite::types::Value::try_from(v)
-        .map_err(|e| crate::error::sql_error(format!("invalid value ({e}); text must be UTF-8")))
-}
-
-/// An error about table `name`: `phenix: phenix table <name>: <e>` (one `phenix: ` prefix).
-pub(crate) fn table_err(name: &str, e: impl std::fmt::Display) -> rusqlite::Error {
-    let m = e.to_string();
-    let m = m.strip_prefix("phenix: ").unwrap_or(&m);
-    crate::error::sql_error(format!("phenix table {name}: {m}"))
-}
-
-/// A text argument of function `f` (`what` names it, e.g. `argument 1 (model)`), as UTF-8.
-pub(crate) fn text_arg<'a>(
-    v: rusqlite::types::ValueRef<'a>,
-    f: &str,
-    what: &str,
-) -> rusqlite::Result<&'a str> {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Text(t) => std::str::from_utf8(t)
-            .map_err(|_| crate::error::sql_error(format!("{f}: {what} is not UTF-8"))),
-        ValueRef::Null => Err(crate::error::sql_error(format!(
-            "{f}: {what} is NULL; expected text"
-        ))),
-        _ => Err(crate::error::sql_error(format!("{f}: {what} must be text"))),
-    }
-}
-
-/// A positive integer `k` (`what` names it in the message, e.g. `phenix table t: k`).
-pub(crate) fn positive_k(v: rusqlite::types::ValueRef<'_>, what: &str) -> rusqlite::Result<usize> {
-    use rusqlite::types::ValueRef;
-    let got = match v {
-        ValueRef::Integer(k) if k > 0 => return Ok(k as usize),
-        ValueRef::Integer(k) => k.to_string(),
-        ValueRef::Null => "NULL".to_string(),
-        ValueRef::Real(r) => r.to_string(),
-        ValueRef::Text(_) => "text".to_string(),
-        ValueRef::Blob(_) => "a blob".to_string(),
-    };
-    Err(crate::error::sql_error(format!(
-        "{what} must be a positive integer, got {got}"
-    )))
 }

@@ -2,10 +2,10 @@
 //! `phenix_retrieve_all(target_table, query_table, k)` (every vector of one table against another through
 //! the batched GEMM path → query_rowid, rowid, rank, distance).
 
-use super::state::{self, TableState, DEAD};
-use super::vtab::lock_state;
-use super::{owned, positive_k, text_arg};
-use crate::error::sql_error;
+use super::names::{self, qualified, split_name};
+use super::registry::{self, lock_state, search_threads, SharedState};
+use crate::args::{owned, positive_k, text_arg};
+use crate::error::{create_scalar, sql_error, Error};
 use crate::tvf::{TableFunction, Tvf};
 use phenix_core::batch::search_batch;
 use phenix_core::topk::{Candidates, SearchParams};
@@ -14,32 +14,19 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::Module;
 use rusqlite::Connection;
 use std::ffi::{c_int, CStr};
-use std::sync::{Arc, Mutex};
-
-/// Splits `schema.table` (or `table`, schema `main`).
-pub(super) fn split_name(name: &str) -> (String, String) {
-    match name.split_once('.') {
-        Some((s, t)) if !s.is_empty() && !t.is_empty() => (s.to_string(), t.to_string()),
-        _ => ("main".to_string(), name.to_string()),
-    }
-}
 
 /// Finds the state of phenix table `name` on `conn`, connecting it if needed.
-fn table_state(
-    conn: &Connection,
-    fname: &str,
-    name: &str,
-) -> rusqlite::Result<Arc<Mutex<TableState>>> {
+fn table_state(conn: &Connection, fname: &str, name: &str) -> rusqlite::Result<SharedState> {
     let (schema, table) = split_name(name);
     // Preparing a statement on the table makes SQLite connect it in this connection.
     conn.prepare(&format!(
         "SELECT rowid FROM {} LIMIT 0",
-        state::qualified(&schema, &table)
+        qualified(&schema, &table)
     ))
     .map_err(|e| sql_error(format!("{fname}: no table {name}: {e}")))?;
     // SAFETY: only the handle's address is used, as a registry key.
     let db = unsafe { conn.handle() } as usize;
-    state::lookup_state(&state::key(db, &schema, &table))
+    registry::lookup_state(&names::key(db, &schema, &table))
         .ok_or_else(|| sql_error(format!("{fname}: {name} is not a phenix table")))
 }
 
@@ -53,12 +40,16 @@ fn retrieve(
     let st = table_state(conn, "phenix_retrieve", table)?;
     let (schema, name, vector) = {
         let s = lock_state(&st);
-        (s.schema.clone(), s.name.clone(), s.def.vector.clone())
+        (
+            s.schema().to_string(),
+            s.name().to_string(),
+            s.def().vector.clone(),
+        )
     };
     drop(st);
     let sql = format!(
         "SELECT rowid, distance FROM {} WHERE \"{}\" MATCH ?1 AND k = ?2",
-        state::qualified(&schema, &name),
+        qualified(&schema, &name),
         vector.replace('"', "\"\"")
     );
     let mut stmt = conn.prepare(&sql)?;
@@ -72,12 +63,13 @@ fn retrieve(
 }
 
 /// Registers the functions.
-pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
     const RETRIEVE: Module<'static, Tvf<RetrieveFn>> = Module::eponymous_only_module();
     const RETRIEVE_ALL: Module<'static, Tvf<RetrieveAllFn>> = Module::eponymous_only_module();
     conn.create_module("phenix_retrieve", &RETRIEVE, None)?;
     conn.create_module("phenix_retrieve_all", &RETRIEVE_ALL, None)?;
-    conn.create_scalar_function(
+    create_scalar(
+        conn,
         "phenix_retrieve",
         3,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS,
@@ -159,16 +151,15 @@ fn retrieve_all(
         let mut q = lock_state(&qt);
         q.refresh_for_read()?;
         let live = q
-            .live
-            .as_ref()
-            .ok_or_else(|| sql_error("internal: live set not loaded"))?;
-        let mut pairs: Vec<(i64, usize)> =
-            live.bitmap.iter().map(|s| (live.rowids[s], s)).collect();
-        pairs.sort_unstable();
-        let dim = q.def.layout.dim();
+            .live()
+            .ok_or_else(|| Error::Internal("live set not loaded".into()))?;
+        let pairs = live.by_rowid();
+        let dim = q.def().layout.dim();
         let n = q.visible_rows();
         let mut store = q.store();
-        let view = store.view(n).map_err(|e| sql_error(format!("{f}: {e}")))?;
+        let view = store
+            .view(n)
+            .map_err(|e| Error::store(format!("{f}: "), e))?;
         let mut vecs = Vec::with_capacity(pairs.len() * dim);
         for &(_, s) in &pairs {
             vecs.extend(view.row(s).to_f32());
@@ -180,34 +171,33 @@ fn retrieve_all(
         )
     };
     let mut t = lock_state(&tt);
-    if t.def.layout.dim() != qdim {
+    if t.def().layout.dim() != qdim {
         return Err(sql_error(format!(
             "{f}: {queries} holds {qdim}-dimensional vectors but {target} holds {}",
-            t.def.layout.dim()
+            t.def().layout.dim()
         )));
     }
     t.refresh_for_read()?;
     let n = t.visible_rows();
-    let threads = super::vtab::search_threads();
+    let threads = search_threads();
+    let live = t
+        .live()
+        .ok_or_else(|| Error::Internal("live set not loaded".into()))?;
     let hits = {
-        let live = t
-            .live
-            .as_ref()
-            .ok_or_else(|| sql_error("internal: live set not loaded"))?;
         let mut p = SearchParams::new(k);
-        p.candidates = Candidates::Bitmap(&live.bitmap);
+        p.candidates = Candidates::Bitmap(live.bitmap());
         p.threads = threads;
         let mut store = t.store();
-        let view = store.view(n).map_err(|e| sql_error(format!("{f}: {e}")))?;
-        search_batch(&view, &qvecs, &p).map_err(|e| sql_error(format!("{f}: {e}")))?
+        let view = store
+            .view(n)
+            .map_err(|e| Error::store(format!("{f}: "), e))?;
+        search_batch(&view, &qvecs, &p).map_err(|e| Error::store(format!("{f}: "), e))?
     };
-    let live = t.live.as_ref().expect("loaded");
     let mut out = Vec::new();
     for (qi, hs) in hits.into_iter().enumerate() {
         let mut rows: Vec<(i64, f64)> = hs
             .into_iter()
-            .map(|h| (live.rowids[h.slot as usize], h.distance as f64))
-            .filter(|r| r.0 != DEAD)
+            .filter_map(|h| Some((live.rowid(h.slot)?, h.distance as f64)))
             .collect();
         rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         for (rank, (rowid, d)) in rows.into_iter().enumerate() {

@@ -180,6 +180,20 @@ impl TableDef {
         ));
         s
     }
+    /// Index of the vector column in the declared table.
+    pub const VECTOR_COL: i32 = 0;
+    /// Index in the declared table of `columns[i]` (metadata and aux columns follow the vector).
+    pub fn meta_col(i: usize) -> i32 {
+        1 + i as i32
+    }
+    /// The `columns` index of declared column `col` (`col` >= 1).
+    pub fn meta_index(col: i32) -> usize {
+        (col - 1) as usize
+    }
+    /// The `columns` index of declared column `col`, if it is a metadata or aux column.
+    pub fn column_at(&self, col: i32) -> Option<usize> {
+        (col >= 1 && col <= self.columns.len() as i32).then(|| Self::meta_index(col))
+    }
     /// Number of metadata (filterable) columns.
     pub fn n_meta(&self) -> usize {
         self.columns.iter().filter(|c| !c.aux).count()

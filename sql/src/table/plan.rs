@@ -1,0 +1,335 @@
+//! Query planning (xBestIndex) and the plan's travel to xFilter.
+//!
+//! xBestIndex picks a [`Plan`] and lists, in argv order, what each constraint argument is
+//! ([`IdxArg`]); [`encode`] turns that into SQLite's `idxNum` (the plan) and `idxStr` (the arguments),
+//! and xFilter gets it back with [`parse`], which rejects anything it did not write.
+//!
+//! `idxNum`: 1 = KNN (MATCH on the vector column), 2 = point lookup by rowid, 3 = scan.
+//! `idxStr`: comma-separated tokens, one per argument: `m` (query vector), `k`, `l` (LIMIT),
+//! `d<` / `d<=` (distance bound), `r` (rowid =), and `c<col>:<op>` (metadata constraint on metadata
+//! column `col`, 0-based; `op` one of [`MetaOp`]'s tokens `= > >= < <= != is isnot null notnull`).
+//!
+//! To add a metadata operator: a [`MetaOp`] variant with its token, its SQLite constraint in
+//! [`best_index`], its SQL in [`MetaOp::sql`], and its ordering mask in `prefilter.rs`
+//! (`MetaCond::new`).
+
+use super::schema::TableDef;
+use crate::error::Error;
+use rusqlite::vtab::{IndexConstraintOp, IndexInfo};
+use std::ffi::c_int;
+
+/// How a query runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// `MATCH` on the vector column: exact top-k over the (pre-filtered) live rows.
+    Knn,
+    /// `rowid = ?`: one row.
+    Point,
+    /// Everything else: `<t>_rows` in rowid order, metadata constraints applied in SQLite.
+    Scan,
+}
+
+impl Plan {
+    fn idx_num(self) -> c_int {
+        match self {
+            Plan::Knn => 1,
+            Plan::Point => 2,
+            Plan::Scan => 3,
+        }
+    }
+    fn from_idx_num(n: c_int) -> Option<Plan> {
+        match n {
+            1 => Some(Plan::Knn),
+            2 => Some(Plan::Point),
+            3 => Some(Plan::Scan),
+            _ => None,
+        }
+    }
+}
+
+/// A metadata comparison pushed into the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetaOp {
+    /// `=`
+    Eq,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `!=`
+    Ne,
+    /// `IS`
+    Is,
+    /// `IS NOT`
+    IsNot,
+    /// `IS NULL` (no argument)
+    Null,
+    /// `IS NOT NULL` (no argument)
+    NotNull,
+}
+
+const META_OPS: [(MetaOp, &str); 10] = [
+    (MetaOp::Eq, "="),
+    (MetaOp::Gt, ">"),
+    (MetaOp::Ge, ">="),
+    (MetaOp::Lt, "<"),
+    (MetaOp::Le, "<="),
+    (MetaOp::Ne, "!="),
+    (MetaOp::Is, "is"),
+    (MetaOp::IsNot, "isnot"),
+    (MetaOp::Null, "null"),
+    (MetaOp::NotNull, "notnull"),
+];
+
+impl MetaOp {
+    fn token(self) -> &'static str {
+        META_OPS
+            .iter()
+            .find(|(o, _)| *o == self)
+            .map_or("=", |(_, t)| t)
+    }
+    fn from_token(t: &str) -> Option<MetaOp> {
+        META_OPS.iter().find(|(_, s)| *s == t).map(|(o, _)| *o)
+    }
+    fn from_constraint(op: IndexConstraintOp) -> Option<MetaOp> {
+        use IndexConstraintOp::*;
+        Some(match op {
+            SQLITE_INDEX_CONSTRAINT_EQ => MetaOp::Eq,
+            SQLITE_INDEX_CONSTRAINT_GT => MetaOp::Gt,
+            SQLITE_INDEX_CONSTRAINT_GE => MetaOp::Ge,
+            SQLITE_INDEX_CONSTRAINT_LT => MetaOp::Lt,
+            SQLITE_INDEX_CONSTRAINT_LE => MetaOp::Le,
+            SQLITE_INDEX_CONSTRAINT_NE => MetaOp::Ne,
+            SQLITE_INDEX_CONSTRAINT_IS => MetaOp::Is,
+            SQLITE_INDEX_CONSTRAINT_ISNOT => MetaOp::IsNot,
+            SQLITE_INDEX_CONSTRAINT_ISNULL => MetaOp::Null,
+            SQLITE_INDEX_CONSTRAINT_ISNOTNULL => MetaOp::NotNull,
+            _ => return None,
+        })
+    }
+    /// Whether the operator takes a right-hand side argument.
+    pub(crate) fn has_rhs(self) -> bool {
+        !matches!(self, MetaOp::Null | MetaOp::NotNull)
+    }
+    /// The SQL condition on column `col` (quoted), with the argument bound as `?argn`.
+    pub(crate) fn sql(self, col: &str, argn: usize) -> String {
+        match self {
+            MetaOp::Is => format!("{col} IS ?{argn}"),
+            MetaOp::IsNot => format!("{col} IS NOT ?{argn}"),
+            MetaOp::Null => format!("{col} IS NULL"),
+            MetaOp::NotNull => format!("{col} IS NOT NULL"),
+            o => format!("{col} {} ?{argn}", o.token()),
+        }
+    }
+}
+
+/// What one xFilter argument is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdxArg {
+    /// The query vector (`MATCH`).
+    Match,
+    /// `k = ?`.
+    K,
+    /// `LIMIT ?`.
+    Limit,
+    /// `distance < ?`.
+    DistLt,
+    /// `distance <= ?`.
+    DistLe,
+    /// `rowid = ?`.
+    Rowid,
+    /// A metadata constraint on metadata column `.0` (0-based).
+    Meta(usize, MetaOp),
+}
+
+impl IdxArg {
+    fn token(self) -> String {
+        match self {
+            IdxArg::Match => "m".into(),
+            IdxArg::K => "k".into(),
+            IdxArg::Limit => "l".into(),
+            IdxArg::DistLt => "d<".into(),
+            IdxArg::DistLe => "d<=".into(),
+            IdxArg::Rowid => "r".into(),
+            IdxArg::Meta(c, o) => format!("c{c}:{}", o.token()),
+        }
+    }
+    fn from_token(t: &str) -> Option<IdxArg> {
+        Some(match t {
+            "m" => IdxArg::Match,
+            "k" => IdxArg::K,
+            "l" => IdxArg::Limit,
+            "d<" => IdxArg::DistLt,
+            "d<=" => IdxArg::DistLe,
+            "r" => IdxArg::Rowid,
+            c => {
+                let (col, op) = c.strip_prefix('c')?.split_once(':')?;
+                IdxArg::Meta(col.parse().ok()?, MetaOp::from_token(op)?)
+            }
+        })
+    }
+}
+
+/// `(idxNum, idxStr)` of a plan and its arguments.
+pub(crate) fn encode(plan: Plan, args: &[IdxArg]) -> (c_int, String) {
+    let s: Vec<String> = args.iter().map(|a| a.token()).collect();
+    (plan.idx_num(), s.join(","))
+}
+
+/// The plan and arguments [`encode`] wrote; an error for anything else, and for a metadata column
+/// that is not one of the table's (`n_meta` of them).
+pub(crate) fn parse(
+    idx_num: c_int,
+    idx_str: &str,
+    n_meta: usize,
+) -> Result<(Plan, Vec<IdxArg>), Error> {
+    let bad = || Error::Internal(format!("unknown query plan {idx_num} `{idx_str}`"));
+    let plan = Plan::from_idx_num(idx_num).ok_or_else(bad)?;
+    let args = if idx_str.is_empty() {
+        Vec::new()
+    } else {
+        idx_str
+            .split(',')
+            .map(|t| match IdxArg::from_token(t) {
+                Some(IdxArg::Meta(c, _)) if c >= n_meta => None,
+                a => a,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?
+    };
+    Ok((plan, args))
+}
+
+/// xBestIndex: the plan for the usable constraints, its arguments, cost and ordering.
+pub(crate) fn best_index(def: &TableDef, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+    let nmeta = def.n_meta() as i32;
+    let (dcol, kcol) = (def.distance_col(), def.k_col());
+    let mut args: Vec<(usize, IdxArg)> = Vec::new();
+    let mut has_match = false;
+    let mut has_rowid = false;
+    for (i, c) in info.constraints().enumerate() {
+        if !c.is_usable() {
+            continue;
+        }
+        let col = c.column();
+        let op = c.operator();
+        use IndexConstraintOp::*;
+        let a = match (col, op) {
+            (TableDef::VECTOR_COL, SQLITE_INDEX_CONSTRAINT_MATCH) => {
+                has_match = true;
+                Some(IdxArg::Match)
+            }
+            (c, SQLITE_INDEX_CONSTRAINT_EQ) if c == kcol => Some(IdxArg::K),
+            (_, SQLITE_INDEX_CONSTRAINT_LIMIT) => Some(IdxArg::Limit),
+            (c, SQLITE_INDEX_CONSTRAINT_LT) if c == dcol => Some(IdxArg::DistLt),
+            (c, SQLITE_INDEX_CONSTRAINT_LE) if c == dcol => Some(IdxArg::DistLe),
+            (-1, SQLITE_INDEX_CONSTRAINT_EQ) => {
+                has_rowid = true;
+                Some(IdxArg::Rowid)
+            }
+            (c, op) if c >= 1 && c <= nmeta => {
+                MetaOp::from_constraint(op).map(|o| IdxArg::Meta(TableDef::meta_index(c), o))
+            }
+            _ => None,
+        };
+        if let Some(a) = a {
+            args.push((i, a));
+        }
+    }
+    let plan = if has_match {
+        Plan::Knn
+    } else if has_rowid {
+        Plan::Point
+    } else {
+        Plan::Scan
+    };
+    // Only the arguments the plan uses.
+    args.retain(|(_, a)| match plan {
+        Plan::Knn => !matches!(a, IdxArg::Rowid),
+        Plan::Point => matches!(a, IdxArg::Rowid),
+        Plan::Scan => matches!(a, IdxArg::Meta(..)),
+    });
+    // One rowid argument is enough.
+    if plan == Plan::Point {
+        args.truncate(1);
+    }
+    for (argv, (i, a)) in (1..).zip(args.iter()) {
+        let mut u = info.constraint_usage(*i);
+        u.set_argv_index(argv);
+        // Metadata constraints are re-checked by SQLite (same affinity rules, so the pre-filter is exact);
+        // k, MATCH, LIMIT and the distance bound are ours alone.
+        u.set_omit(!matches!(a, IdxArg::Meta(..) | IdxArg::Limit));
+    }
+    if plan == Plan::Knn {
+        // Rows come out in ascending distance, ties by rowid.
+        let mut ob: Vec<(i32, bool)> = info
+            .order_bys()
+            .map(|o| (o.column(), o.is_order_by_desc()))
+            .collect();
+        if ob.len() == 2 && ob[1] == (-1, false) {
+            ob.pop();
+        }
+        if ob.len() == 1 && ob[0] == (dcol, false) {
+            info.set_order_by_consumed(true);
+        }
+    }
+    let only: Vec<IdxArg> = args.into_iter().map(|(_, a)| a).collect();
+    let (num, s) = encode(plan, &only);
+    info.set_idx_num(num);
+    info.set_idx_str(&s);
+    info.set_estimated_cost(match plan {
+        Plan::Knn => 10.0,
+        Plan::Point => 1.0,
+        Plan::Scan => 1e6,
+    });
+    if plan == Plan::Point {
+        info.set_estimated_rows(1);
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_inverts_encode_and_rejects_the_rest() {
+        let args = [
+            IdxArg::Match,
+            IdxArg::K,
+            IdxArg::Limit,
+            IdxArg::DistLt,
+            IdxArg::DistLe,
+            IdxArg::Meta(0, MetaOp::Eq),
+            IdxArg::Meta(2, MetaOp::NotNull),
+            IdxArg::Meta(1, MetaOp::IsNot),
+        ];
+        let (n, s) = encode(Plan::Knn, &args);
+        assert_eq!(
+            (n, s.as_str()),
+            (1, "m,k,l,d<,d<=,c0:=,c2:notnull,c1:isnot")
+        );
+        assert_eq!(parse(n, &s, 3).unwrap(), (Plan::Knn, args.to_vec()));
+        assert_eq!(parse(3, "", 0).unwrap(), (Plan::Scan, vec![]));
+        assert_eq!(
+            parse(2, "r", 0).unwrap(),
+            (Plan::Point, vec![IdxArg::Rowid])
+        );
+        for (n, s) in [
+            (0, ""),
+            (4, "m"),
+            (1, "x"),
+            (1, "c0"),
+            (1, "c0:~"),
+            (1, "cx:="),
+            (1, "c3:="),
+            (1, "m,"),
+        ] {
+            assert!(parse(n, s, 3).is_err(), "{n} {s}");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Writes: `INSERT`, `UPDATE`, `DELETE` (xUpdate) and the commands `INSERT INTO t(t) VALUES ('…')`.
+//!
+//! xUpdate's arguments for an INSERT are `[NULL, new rowid, <columns in declared order>]`, for an
+//! UPDATE `[old rowid, new rowid, <columns>]`: the value of column `c` (its [`TableDef`] index, vector
+//! 0, metadata and aux from 1, then the hidden `distance`, `k` and command columns) is argument
+//! [`argv`]`(c)`.
+
+use super::registry::lock_state;
+use super::schema::TableDef;
+use super::state::TableState;
+use crate::args::{arg, owned, table_err, text_arg};
+use crate::error::{sql_error, Error};
+use crate::vector::parse_vector;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::vtab::{Inserts, Updates};
+use std::sync::Mutex;
+
+/// The xUpdate argument index of column `col`.
+fn argv(col: i32) -> usize {
+    col as usize + 2
+}
+
+/// `DELETE`: removes the row and marks its slot dead.
+pub(crate) fn delete(state: &Mutex<TableState>, rowid: ValueRef<'_>) -> rusqlite::Result<()> {
+    let rowid = rowid.as_i64()?;
+    let mut st = lock_state(state);
+    st.begin_write()?;
+    let rows = st.rows_table();
+    let slot: Option<i64> = rusqlite::OptionalExtension::optional(st.conn().query_row(
+        &format!("SELECT slot FROM {rows} WHERE rowid = ?1"),
+        [rowid],
+        |r| r.get(0),
+    ))?;
+    if let Some(slot) = slot {
+        st.conn()
+            .prepare_cached(&format!("DELETE FROM {rows} WHERE rowid = ?1"))?
+            .execute([rowid])?;
+        st.note_remap();
+        if let Some(live) = st.live_mut() {
+            live.mark_dead(slot as u64);
+        }
+    }
+    Ok(())
+}
+
+/// `INSERT` (or a command, when the command column is set): appends the vector, then the row.
+pub(crate) fn insert(state: &Mutex<TableState>, args: &Inserts<'_>) -> rusqlite::Result<i64> {
+    let mut st = lock_state(state);
+    let def = st.def().clone();
+    match arg(args, argv(def.command_col())) {
+        ValueRef::Null => {}
+        cmd => return run_command(&mut st, cmd).map(|()| 0),
+    }
+    st.begin_write()?;
+    for (col, what) in [(def.distance_col(), "distance"), (def.k_col(), "k")] {
+        if !matches!(arg(args, argv(col)), ValueRef::Null) {
+            return Err(sql_error(format!(
+                "phenix table {}: `{what}` is computed by queries and cannot be inserted",
+                st.name()
+            )));
+        }
+    }
+    let v = read_vector(&st, arg(args, argv(TableDef::VECTOR_COL)))?;
+    let slot = {
+        let mut s = st.store();
+        s.append(&v).map_err(|e| table_err(st.name(), e))?.start
+    };
+    let rowid = match insert_row(&st, &def, arg(args, 1), slot, |i| {
+        arg(args, argv(TableDef::meta_col(i)))
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            // Forget the vector just appended (it is past the committed length).
+            let _ = st.store().truncate(slot);
+            return Err(e);
+        }
+    };
+    if let Some(live) = st.live_mut() {
+        live.set(slot, rowid);
+    }
+    Ok(rowid)
+}
+
+/// `UPDATE`: a new vector is appended to a new slot (the old one becomes dead); other columns are
+/// updated in `<t>_rows`.
+pub(crate) fn update(state: &Mutex<TableState>, args: &Updates<'_>) -> rusqlite::Result<()> {
+    let mut st = lock_state(state);
+    st.begin_write()?;
+    let def = st.def().clone();
+    let old_rowid = arg(args, 0).as_i64()?;
+    let new_rowid = match arg(args, 1) {
+        ValueRef::Integer(i) => i,
+        _ => old_rowid,
+    };
+    let rows = st.rows_table();
+    let old_slot: i64 = st.conn().query_row(
+        &format!("SELECT slot FROM {rows} WHERE rowid = ?1"),
+        [old_rowid],
+        |r| r.get(0),
+    )?;
+    let mut slot = old_slot as u64;
+    let vector_arg = argv(TableDef::VECTOR_COL);
+    if !args.no_change(vector_arg) || new_rowid != old_rowid {
+        // The row moves to another slot or changes its row id: readers must reload their map.
+        st.note_remap();
+    }
+    if !args.no_change(vector_arg) {
+        let v = read_vector(&st, arg(args, vector_arg))?;
+        slot = st
+            .store()
+            .append(&v)
+            .map_err(|e| table_err(st.name(), e))?
+            .start;
+    }
+    let mut sets = vec!["rowid = ?1".to_string(), "slot = ?2".to_string()];
+    let mut vals: Vec<Value> = vec![Value::Integer(new_rowid), Value::Integer(slot as i64)];
+    for (i, c) in def.columns.iter().enumerate() {
+        let a = argv(TableDef::meta_col(i));
+        if !args.no_change(a) {
+            sets.push(format!("\"{}\" = ?{}", c.name, vals.len() + 1));
+            vals.push(
+                owned(arg(args, a))
+                    .map_err(|e| table_err(st.name(), format!("column {}: {e}", c.name)))?,
+            );
+        }
+    }
+    let sql = format!(
+        "UPDATE {rows} SET {} WHERE rowid = ?{}",
+        sets.join(", "),
+        vals.len() + 1
+    );
+    vals.push(Value::Integer(old_rowid));
+    st.conn().execute(&sql, rusqlite::params_from_iter(vals))?;
+    if let Some(live) = st.live_mut() {
+        live.mark_dead(old_slot as u64);
+        live.set(slot, new_rowid);
+    }
+    Ok(())
+}
+
+/// `INSERT INTO t(t) VALUES ('<command>')`.
+fn run_command(st: &mut TableState, cmd: ValueRef<'_>) -> rusqlite::Result<()> {
+    let name = st.name().to_string();
+    let cmd = text_arg(cmd, &format!("phenix table {name}"), "the command")?;
+    match cmd {
+        "optimize" => st.optimize().map(|_| ()),
+        "integrity-check" => {
+            let problems = super::check::check_state(st)?;
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(table_err(
+                    &name,
+                    Error::Corrupt(format!("integrity check failed: {}", problems.join("; "))),
+                ))
+            }
+        }
+        other => Err(table_err(
+            &name,
+            format!("unknown command '{other}'; expected 'optimize' or 'integrity-check'"),
+        )),
+    }
+}
+
+/// The vector argument of a write, checked against the table's layout.
+fn read_vector(st: &TableState, v: ValueRef<'_>) -> rusqlite::Result<Vec<f32>> {
+    let l = st.def().layout;
+    parse_vector(
+        v,
+        &format!("column {}", st.def().vector),
+        Some((l.dim(), l.elem())),
+    )
+    .map_err(|e| table_err(st.name(), e))
+}
+
+/// Inserts the `<t>_rows` row of a new vector at `slot`; returns its rowid.
+fn insert_row<'a>(
+    st: &TableState,
+    def: &TableDef,
+    rowid: ValueRef<'_>,
+    slot: u64,
+    col: impl Fn(usize) -> ValueRef<'a>,
+) -> rusqlite::Result<i64> {
+    let mut names = String::from("rowid, slot");
+    let mut marks = String::from("?1, ?2");
+    let mut vals: Vec<Value> = vec![
+        match rowid {
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Null => Value::Null,
+            other => {
+                return Err(Error::Mismatch(format!(
+                    "phenix table {}: rowid must be an integer, got {:?}",
+                    st.name(),
+                    other.data_type()
+                ))
+                .into())
+            }
+        },
+        Value::Integer(slot as i64),
+    ];
+    for (i, c) in def.columns.iter().enumerate() {
+        names.push_str(&format!(", \"{}\"", c.name));
+        marks.push_str(&format!(", ?{}", i + 3));
+        vals.push(
+            owned(col(i)).map_err(|e| table_err(st.name(), format!("column {}: {e}", c.name)))?,
+        );
+    }
+    let sql = format!("INSERT INTO {}({names}) VALUES ({marks})", st.rows_table());
+    st.conn()
+        .prepare_cached(&sql)?
+        .execute(rusqlite::params_from_iter(vals))?;
+    Ok(st.conn().last_insert_rowid())
+}
