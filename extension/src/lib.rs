@@ -1,8 +1,10 @@
 //! # phenix-extension
 //!
-//! The SQLite loadable extension `libphenix.so`: one exported entry point, [`sqlite3_phenix_init`], that
-//! checks the host's SQLite version and then calls `phenix_sql::register`. All SQL behaviour lives in
-//! `phenix-sql`; this crate owns only the FFI entry.
+//! The SQLite loadable extension `libphenix.so` (and `libphenix.a`): the entry point
+//! [`sqlite3_phenix_init`], which checks the host's SQLite version and then calls
+//! `phenix_sql::register`, and the small C API of [`capi`] (version, ONNX Runtime, thread caps), all
+//! declared in `include/phenix.h`. All SQL behaviour lives in `phenix-sql`; this crate owns only the
+//! FFI. Embedding it in an application (any SQLite, C or Rust): docs/embedding.md.
 //!
 //! Build it alone (its `loadable` feature of phenix-sql excludes the `bundled` one the rest of the
 //! workspace uses): `cargo build --release -p phenix-extension` → `target/release/libphenix.so`.
@@ -12,6 +14,8 @@
 //! SELECT phenix_version();
 //! ```
 #![deny(missing_docs)]
+
+pub mod capi;
 
 use rusqlite::{ffi, Connection};
 use std::os::raw::{c_char, c_int};

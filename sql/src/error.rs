@@ -176,6 +176,11 @@ impl From<Error> for rusqlite::Error {
             Error::Sqlite(e) => e,
             e => {
                 let mut s = e.to_string();
+                // SQLite takes the message as a C string: one with a NUL byte (quoted from a bad
+                // argument) would be dropped whole, leaving only "SQL logic error".
+                if s.contains('\0') {
+                    s = s.replace('\0', "\\0");
+                }
                 if !s.starts_with("phenix: ") {
                     s.insert_str(0, "phenix: ");
                 }
