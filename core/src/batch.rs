@@ -234,6 +234,18 @@ pub fn search_batch_with(
     Ok((gemm(view, queries, p, metric, kernels, allow)?, stats))
 }
 
+/// Microbenchmark of a reduced-precision path's unit: its dot-product instruction in a register- or
+/// tile-resident loop on `threads` threads for about `seconds`, in GFLOP/s (a multiply-add counts 2).
+/// `None` for [`BatchPath::Gemm`]/[`BatchPath::Auto`] or an unsupported unit. For benchmarks.
+pub fn unit_peak_gflops(path: BatchPath, threads: usize, seconds: f64) -> Option<f64> {
+    let unit = match path {
+        BatchPath::Amx => Unit::Amx,
+        BatchPath::Avx512Bf16 => Unit::Avx512Bf16,
+        _ => return None,
+    };
+    lowp::peak_gflops(unit, threads, seconds)
+}
+
 /// The `f32` GEMM path.
 fn gemm(
     view: &RowsView<'_>,

@@ -183,14 +183,14 @@ fn every_path_equals_the_exact_path_on_adversarial_data() {
     let paths = reduced_paths();
     for data in [Data::Random, Data::Ties, Data::NearDup, Data::Extreme] {
         for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
-            for &dim in &[40usize, 64] {
+            for &dim in &[40usize] {
                 let mut rng = Rng(17 + dim as u64);
                 let n = 700;
                 let rows = rows_for(data, n, dim, &mut rng);
                 let queries = queries_for(data, &rows, 37, dim, &mut rng);
                 let mut store = store_of(&rows, dim, metric);
                 for &path in &paths {
-                    for (k, threads) in [(1, 1), (10, 2), (50, 1)] {
+                    for (k, threads) in [(1, 1), (10, 2)] {
                         let mut p = SearchParams::new(k);
                         p.threads = threads;
                         let what =
@@ -250,7 +250,7 @@ fn property_random_configurations_match_the_exact_path() {
     let cases = std::env::var("PHENIX_BATCH_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(24u64);
+        .unwrap_or(12u64);
     let mut rng = Rng(2024);
     for case in 0..cases {
         let data = [Data::Random, Data::Ties, Data::NearDup, Data::Extreme][rng.below(4) as usize];

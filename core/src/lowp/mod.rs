@@ -286,6 +286,42 @@ impl QueryInfo {
     }
 }
 
+/// The unit's peak on `threads` threads, in GFLOP/s (multiply-add = 2): a register/tile-resident loop of
+/// its dot-product instruction for about `seconds`. `None` if the unit is not supported.
+pub(crate) fn peak_gflops(unit: Unit, threads: usize, seconds: f64) -> Option<f64> {
+    if !unit.supported() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let run = || {
+            let t0 = std::time::Instant::now();
+            let mut flops = 0.0;
+            // SAFETY: the unit is supported (checked above); AMX gets its tile configuration first.
+            let _g = (unit == Unit::Amx).then(|| unsafe { x86::AmxGuard::new() });
+            while t0.elapsed().as_secs_f64() < seconds {
+                flops += match unit {
+                    // SAFETY: as above.
+                    Unit::Amx => unsafe { x86::amx_peak(1 << 20) },
+                    // SAFETY: as above.
+                    Unit::Avx512Bf16 => unsafe { x86::dpbf16_peak(1 << 20) },
+                };
+            }
+            flops / t0.elapsed().as_secs_f64()
+        };
+        let total: f64 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(run)).collect();
+            hs.into_iter().map(|h| h.join().expect("peak thread")).sum()
+        });
+        Some(total / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (threads, seconds);
+        None
+    }
+}
+
 /// The result of a scan: hits per query, and how many candidates were re-scored exactly.
 pub(crate) struct Outcome {
     pub(crate) hits: Vec<Vec<Hit>>,
@@ -348,7 +384,8 @@ pub(crate) fn search_batch(
         .map(|q| QueryInfo::new(metric, q))
         .collect();
     // Pack the queries: tiles of 16 queries × 32 dims in VNNI pairs.
-    let mut qv = vec![0u16; nqp * dp];
+    let mut qv_buf = Aligned::zeroed(nqp * dp);
+    let qv = qv_buf.as_mut_slice();
     for (qi, q) in queries.chunks_exact(dim).enumerate() {
         let scaled = info[qi].scaled(metric, q);
         let (qt, n) = (qi / 16, qi % 16);
@@ -385,7 +422,7 @@ pub(crate) fn search_batch(
         nqp,
         bound,
         info: &info,
-        qv: &qv,
+        qv: qv_buf.as_slice(),
         alpha: &alpha,
         beta: &beta,
         theta0: &theta0,
@@ -456,20 +493,25 @@ impl Ctx<'_, '_> {
             let ok = j < t
                 && self.allow.is_none_or(|a| a.contains(s))
                 && !self.deleted.is_some_and(|d| d.contains(s));
-            let dst = &mut buf.xb[j * dp..(j + 1) * dp];
+            let ks = dp / 32;
+            let (rt, m) = (j / 16, j % 16);
             if !ok {
-                dst.fill(0);
+                for c in 0..ks {
+                    let at = (rt * ks + c) * 512 + m * 32;
+                    buf.xb[at..at + 32].fill(0);
+                }
                 buf.fa[j] = f32::NAN;
                 buf.fb[j] = f32::NAN;
                 continue;
             }
             any = true;
-            let w = &mut buf.wide[..self.dim];
+            let w = &mut buf.wide[..dp];
             match self.view.row(s) {
-                Row::F16(x) => x.convert_to_f32_slice(w),
-                Row::F32(x) => w.copy_from_slice(x),
+                Row::F16(x) => x.convert_to_f32_slice(&mut w[..self.dim]),
+                Row::F32(x) => w[..self.dim].copy_from_slice(x),
             }
-            let xx = self.kernels.norm_squared(w);
+            w[self.dim..].fill(0.0);
+            let xx = self.kernels.norm_squared(&w[..self.dim]);
             let (fa, fb, x) = self.bound.row_terms(xx);
             buf.fa[j] = fa;
             buf.fb[j] = fb;
@@ -484,36 +526,39 @@ impl Ctx<'_, '_> {
             } else {
                 1.0
             };
-            // SAFETY: both units imply AVX512-F/BW/BF16 (checked before the search started).
-            unsafe { x86::to_bf16(w, scale, &mut dst[..self.dim]) };
-            dst[self.dim..].fill(0);
+            for c in 0..ks {
+                let at = (rt * ks + c) * 512 + m * 32;
+                // SAFETY: both units imply AVX512-F/BW/BF16 (checked before the search started).
+                unsafe { x86::to_bf16(&w[c * 32..c * 32 + 32], scale, &mut buf.xb[at..at + 32]) };
+            }
         }
         if !any {
             return;
         }
         let ks = dp / 32;
-        for qp in 0..self.nqp / 32 {
-            let b0 = &self.qv[(2 * qp) * ks * 512..];
-            let b1 = &self.qv[(2 * qp + 1) * ks * 512..];
-            for rp in 0..tp / 32 {
+        // Score block i+1 on the unit before filtering block i from the other buffer: the unit works
+        // while the vector code filters, and the filter never reads a buffer the unit just wrote.
+        let mut pending: Option<(usize, usize, usize)> = None;
+        let pairs = (tp / 32) * (self.nqp / 32);
+        for i in 0..=pairs {
+            let cur = i % 2;
+            if i < pairs {
+                let (qp, rp) = (i / (tp / 32), i % (tp / 32));
+                let b0 = &self.qv[(2 * qp) * ks * 512..];
+                let b1 = &self.qv[(2 * qp + 1) * ks * 512..];
                 let a = &buf.xb[rp * 32 * dp..(rp + 1) * 32 * dp];
-                let c = &mut buf.c.0;
-                // SAFETY: `a` holds 32 rows of `dp` bf16; `b0`/`b1` start `ks` VNNI tiles each (the
+                debug_assert_eq!(32 * dp, 2 * ks * 512);
+                let c = &mut buf.c[cur].0;
+                // SAFETY: `a` holds 2·ks row tiles (32 rows of `dp` bf16); `b0`/`b1` start `ks` VNNI tiles each (the
                 // query buffer holds `nqp/16 · ks` tiles and `2qp + 1 < nqp/16`); `c` holds 1,024 f32.
                 // The unit's CPU support (and for AMX the thread's tile configuration) is live.
                 unsafe {
                     match self.unit {
-                        Unit::Amx => x86::amx_block(
-                            a.as_ptr(),
-                            dp,
-                            b0.as_ptr(),
-                            b1.as_ptr(),
-                            ks,
-                            c.as_mut_ptr(),
-                        ),
+                        Unit::Amx => {
+                            x86::amx_block(a.as_ptr(), b0.as_ptr(), b1.as_ptr(), ks, c.as_mut_ptr())
+                        }
                         Unit::Avx512Bf16 => x86::dpbf16_block(
                             a.as_ptr(),
-                            dp,
                             b0.as_ptr(),
                             b1.as_ptr(),
                             ks,
@@ -521,37 +566,56 @@ impl Ctx<'_, '_> {
                         ),
                     }
                 }
-                let q0 = qp * 32;
-                let rows = rp * 32;
-                let (theta, tops, cands) = (&mut st.theta, &mut st.tops, &mut st.cands);
-                let th: [f32; 32] = theta[q0..q0 + 32].try_into().expect("32 lanes");
-                let (xx, x) = (&buf.xx, &buf.x);
-                // SAFETY: AVX-512F is present (above); every slice holds 32 entries.
-                unsafe {
-                    x86::filter_block(
-                        &buf.c.0,
-                        &th,
-                        &self.alpha[q0..q0 + 32],
-                        &self.beta[q0..q0 + 32],
-                        &buf.fa[rows..rows + 32],
-                        &buf.fb[rows..rows + 32],
-                        |r, j, s| {
-                            let qi = q0 + j;
-                            let row = rows + r;
-                            self.offer(
-                                qi,
-                                (r0 + row) as u64,
-                                s,
-                                xx[row],
-                                x[row],
-                                &mut theta[qi],
-                                &mut tops[qi],
-                                &mut cands[qi],
-                            );
-                        },
-                    );
-                }
             }
+            if let Some((qp, rp, which)) = pending.take() {
+                self.filter(&buf.c[which].0, qp, rp, r0, buf, st);
+            }
+            if i < pairs {
+                pending = Some((i / (tp / 32), i % (tp / 32), cur));
+            }
+        }
+    }
+
+    /// Filters one 32 × 32 score block (query pair `qp`, row pair `rp` of the block at `r0`).
+    #[cfg(target_arch = "x86_64")]
+    fn filter(
+        &self,
+        c: &[f32; 1024],
+        qp: usize,
+        rp: usize,
+        r0: usize,
+        buf: &Buffers,
+        st: &mut ThreadState,
+    ) {
+        let q0 = qp * 32;
+        let rows = rp * 32;
+        let (theta, tops, cands) = (&mut st.theta, &mut st.tops, &mut st.cands);
+        let th: [f32; 32] = theta[q0..q0 + 32].try_into().expect("32 lanes");
+        let (xx, x) = (&buf.xx, &buf.x);
+        // SAFETY: AVX-512F is present (both units imply it); every slice holds 32 entries.
+        unsafe {
+            x86::filter_block(
+                c,
+                &th,
+                &self.alpha[q0..q0 + 32],
+                &self.beta[q0..q0 + 32],
+                &buf.fa[rows..rows + 32],
+                &buf.fb[rows..rows + 32],
+                |r, j, s| {
+                    let qi = q0 + j;
+                    let row = rows + r;
+                    self.offer(
+                        qi,
+                        (r0 + row) as u64,
+                        s,
+                        xx[row],
+                        x[row],
+                        &mut theta[qi],
+                        &mut tops[qi],
+                        &mut cands[qi],
+                    );
+                },
+            );
         }
     }
 
@@ -644,28 +708,67 @@ impl Ctx<'_, '_> {
 
 /// One thread's scratch space.
 struct Buffers {
-    xb: Vec<u16>,
+    xb: Aligned,
     wide: Vec<f32>,
     fa: Vec<f32>,
     fb: Vec<f32>,
     xx: Vec<f32>,
     x: Vec<f32>,
-    c: Box<CBuf>,
+    c: Box<[CBuf; 2]>,
 }
 
 #[repr(C, align(64))]
 struct CBuf([f32; 1024]);
 
+/// A 64-byte aligned `u16` buffer: tile loads of 64-byte lines that straddle two cache lines run about
+/// ten times slower.
+struct Aligned(Vec<Line>);
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u16; 32]);
+
+impl Aligned {
+    /// `n` zeros (`n` a multiple of 32).
+    fn zeroed(n: usize) -> Aligned {
+        Aligned(vec![Line([0; 32]); n.div_ceil(32)])
+    }
+    fn as_slice(&self) -> &[u16] {
+        // SAFETY: `Line` is `repr(C)` of 32 `u16` with no padding (64 bytes, align 64), so the vector's
+        // storage is `32 · len` initialised, properly aligned `u16`.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u16, self.0.len() * 32) }
+    }
+    fn as_mut_slice(&mut self) -> &mut [u16] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u16, self.0.len() * 32)
+        }
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [u16];
+    fn deref(&self) -> &[u16] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [u16] {
+        self.as_mut_slice()
+    }
+}
+
 impl Buffers {
     fn new(dp: usize) -> Buffers {
         Buffers {
-            xb: vec![0; RB * dp],
+            xb: Aligned::zeroed(RB * dp),
             wide: vec![0.0; dp],
             fa: vec![0.0; RB],
             fb: vec![0.0; RB],
             xx: vec![0.0; RB],
             x: vec![0.0; RB],
-            c: Box::new(CBuf([0.0; 1024])),
+            c: Box::new([CBuf([0.0; 1024]), CBuf([0.0; 1024])]),
         }
     }
 }

@@ -5,8 +5,9 @@
 //! Every micro-kernel computes the same 32 × 32 block of scores into the same layout, so the driver in
 //! [`super`] does not care which one ran:
 //!
-//! - `xb` holds rows as `bf16`, row-major, `dp` elements per row (`dp` a multiple of 32, zero-padded);
-//!   a block starts at row `32·rp`.
+//! - `xb` holds rows as `bf16` in AMX `A` tiles: for each tile of 16 rows and each step `ks` of 32
+//!   dimensions (`KS = dp/32` steps, zero-padded), 16 lines of 64 bytes (row `m`'s 32 elements), 1 KiB
+//!   contiguous at `(rt · KS + ks) · 512` `u16`. A block of 32 rows is two consecutive row tiles.
 //! - `qv` holds queries in the VNNI layout the AMX `B` operand wants: for each tile of 16 queries and each
 //!   step of 32 dimensions, 16 lines of 64 bytes; line `kk` holds, for query `n = 0..16`, the pair
 //!   `(q_n[32·ks + 2kk], q_n[32·ks + 2kk + 1])`. One such 1 KiB tile is `(qt · KS + ks) · 512` `u16` in.
@@ -137,24 +138,24 @@ impl Drop for AmxGuard {
     }
 }
 
-/// AMX: the 32 × 32 score block for rows `a` (row tile 0; tile 1 is `16·dp` elements further) against
-/// the query tiles `b0` and `b1`, over `ks` steps of 32 dimensions, into `c` (layout in the module docs).
+/// AMX: the 32 × 32 score block for the two row tiles at `a` against the query tiles `b0` and `b1`, over
+/// `ks` steps of 32 dimensions, into `c` (layouts in the module docs).
 ///
 /// # Safety
-/// An [`AmxGuard`] is live on this thread; `a` points at 32 rows of `dp = 32·ks` `bf16`; `b0`, `b1` at
-/// `ks` consecutive 1 KiB VNNI tiles each; `c` at 1,024 writable `f32`, 64-byte aligned not required.
+/// An [`AmxGuard`] is live on this thread; `a` points at `2·ks` consecutive 1 KiB row tiles; `b0`, `b1`
+/// at `ks` consecutive 1 KiB VNNI tiles each; `c` at 1,024 writable `f32`.
 #[inline]
 pub(super) unsafe fn amx_block(
     a: *const u16,
-    dp: usize,
     b0: *const u16,
     b1: *const u16,
     ks: usize,
     c: *mut f32,
 ) {
-    let a1 = unsafe { a.add(16 * dp) };
+    // SAFETY: the second row tile starts `ks` tiles after the first (caller).
+    let a1 = unsafe { a.add(512 * ks) };
     // SAFETY: the caller guarantees the tile configuration and every address read or written: each
-    // `tileloadd` reads 16 lines of 64 bytes at stride `sa` (rows) or 64 (query tiles), each `tilestored`
+    // `tileloadd` reads 16 lines of 64 bytes at stride 64 (one 1 KiB tile), each `tilestored`
     // writes 16 × 64 bytes. The loop runs `ks` >= 1 times. Tiles 0–3 accumulate, 4–5 hold rows, 6–7
     // queries.
     unsafe {
@@ -164,16 +165,16 @@ pub(super) unsafe fn amx_block(
             "tilezero tmm2",
             "tilezero tmm3",
             "2:",
-            "tileloadd tmm4, [{a0} + {sa}*1]",
-            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tileloadd tmm4, [{a0} + {s64}*1]",
+            "tileloadd tmm5, [{a1} + {s64}*1]",
             "tileloadd tmm6, [{b0} + {s64}*1]",
             "tileloadd tmm7, [{b1} + {s64}*1]",
             "tdpbf16ps tmm0, tmm4, tmm6",
             "tdpbf16ps tmm1, tmm4, tmm7",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 64",
-            "add {a1}, 64",
+            "add {a0}, 1024",
+            "add {a1}, 1024",
             "add {b0}, 1024",
             "add {b1}, 1024",
             "dec {n}",
@@ -191,7 +192,6 @@ pub(super) unsafe fn amx_block(
             b1 = inout(reg) b1 => _,
             n = inout(reg) ks => _,
             c = inout(reg) c => _,
-            sa = in(reg) dp * 2,
             s64 = in(reg) 64usize,
             options(nostack),
         );
@@ -206,7 +206,6 @@ pub(super) unsafe fn amx_block(
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn dpbf16_block(
     a: *const u16,
-    dp: usize,
     b0: *const u16,
     b1: *const u16,
     ks: usize,
@@ -219,8 +218,8 @@ pub(super) unsafe fn dpbf16_block(
             let mut acc1 = [_mm512_setzero_ps(); 8];
             for s in 0..ks {
                 for kk in 0..16 {
-                    // SAFETY: the VNNI tiles hold `ks` · 16 lines of 32 `u16`; rows hold `dp` elements and
-                    // `32·s + 2·kk + 1 < dp`; the caller guarantees both buffers.
+                    // SAFETY: the VNNI tiles hold `ks` · 16 lines of 32 `u16`; the row tiles `2·ks` tiles of
+                    // 512 `u16` and `at + 1` stays inside; the caller guarantees both buffers.
                     unsafe {
                         let off = (s * 16 + kk) * 32;
                         let bq0: __m512bh =
@@ -228,8 +227,9 @@ pub(super) unsafe fn dpbf16_block(
                         let bq1: __m512bh =
                             std::mem::transmute(_mm512_loadu_si512(b1.add(off) as *const _));
                         for r in 0..8 {
-                            let pair = (a.add((r0 + r) * dp + s * 32 + 2 * kk) as *const u32)
-                                .read_unaligned();
+                            let row = r0 + r;
+                            let at = ((row / 16) * ks + s) * 512 + (row % 16) * 32 + 2 * kk;
+                            let pair = (a.add(at) as *const u32).read_unaligned();
                             let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
                             acc0[r] = _mm512_dpbf16_ps(acc0[r], av, bq0);
                             acc1[r] = _mm512_dpbf16_ps(acc1[r], av, bq1);
@@ -291,8 +291,15 @@ pub(super) unsafe fn filter_block(
     fb: &[f32],
     mut hit: impl FnMut(usize, usize, f32),
 ) {
+    assert!(theta.len() >= 32 && alpha.len() >= 32 && beta.len() >= 32);
+    assert!(fa.len() >= 32 && fb.len() >= 32);
+    // Pass 1, branch-free: one 16-lane mask per (query tile, row); pass 2 only where a mask is set
+    // (rare once the bounds have tightened).
+    let mut masks = [0u16; 64];
+    let mut any = 0u16;
+    let cp = c.as_ptr();
     for qt in 0..2 {
-        // SAFETY: each slice holds 32 entries (caller), read 16 at a time at 0 and 16.
+        // SAFETY: each slice holds at least 32 entries (asserted), read 16 at a time at 0 and 16.
         let (th, al, be) = unsafe {
             (
                 _mm512_loadu_ps(theta.as_ptr().add(16 * qt)),
@@ -300,21 +307,89 @@ pub(super) unsafe fn filter_block(
                 _mm512_loadu_ps(beta.as_ptr().add(16 * qt)),
             )
         };
-        for rt in 0..2 {
-            let tile = &c[(2 * rt + qt) * 256..(2 * rt + qt + 1) * 256];
-            for m in 0..16 {
-                let r = 16 * rt + m;
-                // SAFETY: `tile` holds 256 f32; line `m` is 16 of them.
-                let s = unsafe { _mm512_loadu_ps(tile.as_ptr().add(16 * m)) };
-                let t = _mm512_fmadd_ps(al, _mm512_set1_ps(fa[r]), th);
-                let t = _mm512_fnmadd_ps(be, _mm512_set1_ps(fb[r]), t);
-                let mut mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(s, t);
-                while mask != 0 {
-                    let j = mask.trailing_zeros() as usize;
-                    mask &= mask - 1;
-                    hit(r, 16 * qt + j, tile[16 * m + j]);
-                }
+        for r in 0..32 {
+            let (rt, m) = (r / 16, r % 16);
+            // SAFETY: `c` holds 1,024 f32: tile `2·rt + qt` (< 4) line `m` (< 16) is 16 of them;
+            // `fa`/`fb` hold 32 entries.
+            unsafe {
+                let sc = _mm512_loadu_ps(cp.add((2 * rt + qt) * 256 + 16 * m));
+                let t = _mm512_fmadd_ps(al, _mm512_set1_ps(*fa.get_unchecked(r)), th);
+                let t = _mm512_fnmadd_ps(be, _mm512_set1_ps(*fb.get_unchecked(r)), t);
+                let k = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(sc, t);
+                *masks.get_unchecked_mut(qt * 32 + r) = k;
+                any |= k;
             }
         }
     }
+    if any == 0 {
+        return;
+    }
+    for qt in 0..2 {
+        for r in 0..32 {
+            let mut mask = masks[qt * 32 + r];
+            let (rt, m) = (r / 16, r % 16);
+            while mask != 0 {
+                let j = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                hit(r, 16 * qt + j, c[(2 * rt + qt) * 256 + 16 * m + j]);
+            }
+        }
+    }
+}
+
+/// Peak microbenchmark: `iters` × 4 `tdpbf16ps` on resident tiles (no loads, no stores in the loop).
+/// Returns the FLOPs done (2 per multiply-add).
+///
+/// # Safety
+/// An [`AmxGuard`] is live on this thread.
+pub(super) unsafe fn amx_peak(iters: u64) -> f64 {
+    let zeros = [0u8; 1024];
+    // SAFETY: the tile configuration is loaded (caller); the loads read the 1 KiB `zeros` at stride 64.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tileloadd tmm4, [{a} + {s}*1]",
+            "tileloadd tmm5, [{a} + {s}*1]",
+            "tileloadd tmm6, [{a} + {s}*1]",
+            "tileloadd tmm7, [{a} + {s}*1]",
+            "2:",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "dec {n}",
+            "jnz 2b",
+            a = in(reg) zeros.as_ptr(),
+            s = in(reg) 64usize,
+            n = inout(reg) iters.max(1) => _,
+            options(nostack, readonly),
+        );
+    }
+    iters.max(1) as f64 * 4.0 * (16.0 * 16.0 * 32.0 * 2.0)
+}
+
+/// Peak microbenchmark: `iters` × 16 independent `vdpbf16ps` (register operands only). Returns FLOPs.
+///
+/// # Safety
+/// [`avx512_bf16_cpu`] must hold.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn dpbf16_peak(iters: u64) -> f64 {
+    // SAFETY: register-only AVX512-BF16 arithmetic; the CPU supports it (caller).
+    let a: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(0x3F80_3F80)) };
+    let mut acc = [_mm512_setzero_ps(); 16];
+    for _ in 0..iters.max(1) {
+        for v in acc.iter_mut() {
+            *v = _mm512_dpbf16_ps(*v, a, a);
+        }
+        // Keep the loop from being folded away.
+        std::hint::black_box(&mut acc);
+    }
+    let s = acc
+        .iter()
+        .fold(_mm512_setzero_ps(), |x, y| _mm512_add_ps(x, *y));
+    std::hint::black_box(s);
+    iters.max(1) as f64 * 16.0 * 16.0 * 2.0 * 2.0
 }
