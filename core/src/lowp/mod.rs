@@ -322,6 +322,44 @@ pub(crate) fn peak_gflops(unit: Unit, threads: usize, seconds: f64) -> Option<f6
     }
 }
 
+/// The queries as the unit's `B` operand: tiles of 16 queries × 32 dims in VNNI pairs (layout in `x86`),
+/// each query scaled by [`QueryInfo::scaled`] and rounded to `bf16`.
+fn pack_queries(
+    info: &[QueryInfo],
+    metric: Metric,
+    queries: &[f32],
+    dim: usize,
+    dp: usize,
+    nqp: usize,
+) -> Aligned {
+    let ks = dp / 32;
+    let mut qv_buf = Aligned::zeroed(nqp * dp);
+    let qv = qv_buf.as_mut_slice();
+    for (qi, q) in queries.chunks_exact(dim).enumerate() {
+        let scaled = info[qi].scaled(metric, q);
+        let (qt, n) = (qi / 16, qi % 16);
+        for (d, &v) in scaled.iter().enumerate() {
+            let (s, within) = (d / 32, d % 32);
+            let (kk, e) = (within / 2, within % 2);
+            qv[((qt * ks + s) * 16 + kk) * 32 + n * 2 + e] = bf16_rne(v);
+        }
+    }
+    qv_buf
+}
+
+/// Writes row `j` of a block (`w`: its `dp` values widened to `f32`, zero-padded) into the unit's row
+/// tiles as `bf16(w · scale)`.
+#[cfg(target_arch = "x86_64")]
+fn put_row(xb: &mut [u16], j: usize, dp: usize, w: &[f32], scale: f32) {
+    let ks = dp / 32;
+    let (rt, m) = (j / 16, j % 16);
+    for c in 0..ks {
+        let at = (rt * ks + c) * 512 + m * 32;
+        // SAFETY: both units imply AVX512-F/BW/BF16 (checked before any search or test starts).
+        unsafe { x86::to_bf16(&w[c * 32..c * 32 + 32], scale, &mut xb[at..at + 32]) };
+    }
+}
+
 /// The result of a scan: hits per query, and how many candidates were re-scored exactly.
 pub(crate) struct Outcome {
     pub(crate) hits: Vec<Vec<Hit>>,
@@ -376,25 +414,13 @@ pub(crate) fn search_batch(
     let nq = queries.len() / dim;
     let dp = dim.div_ceil(32) * 32;
     let nqp = nq.div_ceil(32) * 32;
-    let ks = dp / 32;
     let bound = Bound::new(metric, dim, dp);
     let tmax = p.max_distance.map_or(f64::INFINITY, |t| t as f64);
     let info: Vec<QueryInfo> = queries
         .chunks_exact(dim)
         .map(|q| QueryInfo::new(metric, q))
         .collect();
-    // Pack the queries: tiles of 16 queries × 32 dims in VNNI pairs.
-    let mut qv_buf = Aligned::zeroed(nqp * dp);
-    let qv = qv_buf.as_mut_slice();
-    for (qi, q) in queries.chunks_exact(dim).enumerate() {
-        let scaled = info[qi].scaled(metric, q);
-        let (qt, n) = (qi / 16, qi % 16);
-        for (d, &v) in scaled.iter().enumerate() {
-            let (s, within) = (d / 32, d % 32);
-            let (kk, e) = (within / 2, within % 2);
-            qv[((qt * ks + s) * 16 + kk) * 32 + n * 2 + e] = bf16_rne(v);
-        }
-    }
+    let qv_buf = pack_queries(&info, metric, queries, dim, dp, nqp);
     let mut alpha = vec![0f32; nqp];
     let mut beta = vec![0f32; nqp];
     let mut theta0 = vec![f32::INFINITY; nqp];
@@ -526,11 +552,7 @@ impl Ctx<'_, '_> {
             } else {
                 1.0
             };
-            for c in 0..ks {
-                let at = (rt * ks + c) * 512 + m * 32;
-                // SAFETY: both units imply AVX512-F/BW/BF16 (checked before the search started).
-                unsafe { x86::to_bf16(&w[c * 32..c * 32 + 32], scale, &mut buf.xb[at..at + 32]) };
-            }
+            put_row(&mut buf.xb, j, dp, w, scale);
         }
         if !any {
             return;
@@ -776,6 +798,141 @@ impl Buffers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hardware half of the bound: every raw unit score is within `e·Q·X + a` of the exact product
+    /// of the values the unit was given (before their bf16 rounding), on adversarial data. This checks the
+    /// assumption that the unit accumulates in f32 with at most one rounding per addition.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn unit_scores_stay_within_the_bound() {
+        let mut s = 0x1234_5678_9abc_def0u64;
+        let mut rnd = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        };
+        let dim = 70;
+        let dp = 96;
+        let ks = dp / 32;
+        for unit in [Unit::Amx, Unit::Avx512Bf16] {
+            if !unit.supported() {
+                eprintln!("{unit:?} not supported here");
+                continue;
+            }
+            for metric in [Metric::Dot, Metric::Cosine] {
+                let bound = Bound::new(metric, dim, dp);
+                let mut worst: f64 = 0.0;
+                for trial in 0..20 {
+                    // 32 rows (f16 values) and 32 queries (f32), mixed magnitudes and cancellation.
+                    let rows: Vec<Vec<f32>> = (0..32)
+                        .map(|i| {
+                            (0..dim)
+                                .map(|d| {
+                                    let scale = match (i + trial) % 5 {
+                                        0 => 65504.0,
+                                        1 => 6e-8,
+                                        2 => 1.0,
+                                        3 => {
+                                            if d % 2 == 0 {
+                                                30000.0
+                                            } else {
+                                                1e-3
+                                            }
+                                        }
+                                        _ => 0.5,
+                                    };
+                                    half::f16::from_f64(rnd() * scale).to_f32()
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let queries: Vec<f32> = (0..32 * dim)
+                        .map(|i| {
+                            let mag = [1.0, 1e-9, 1e9, 3.0e-5][(i / dim + trial) % 4];
+                            (rnd() * mag) as f32
+                        })
+                        .collect();
+                    let info: Vec<QueryInfo> = queries
+                        .chunks_exact(dim)
+                        .map(|q| QueryInfo::new(metric, q))
+                        .collect();
+                    let qv = pack_queries(&info, metric, &queries, dim, dp, 32);
+                    let mut xb = Aligned::zeroed(32 * dp);
+                    let k = Kernels::best();
+                    let mut xx = [0f32; 32];
+                    for (j, r) in rows.iter().enumerate() {
+                        let mut w = r.clone();
+                        w.resize(dp, 0.0);
+                        xx[j] = k.norm_squared(r);
+                        let scale = if metric == Metric::Cosine && xx[j] > 0.0 {
+                            (1.0 / (xx[j] as f64).sqrt()) as f32
+                        } else {
+                            1.0
+                        };
+                        put_row(&mut xb, j, dp, &w, scale);
+                    }
+                    let mut c = CBuf([0.0; 1024]);
+                    // SAFETY: the unit is supported; the buffers have the sizes the kernels read and
+                    // write (2·ks row tiles, 2 × ks query tiles, 1,024 scores).
+                    unsafe {
+                        match unit {
+                            Unit::Amx => {
+                                let _g = x86::AmxGuard::new();
+                                x86::amx_block(
+                                    xb.as_ptr(),
+                                    qv.as_ptr(),
+                                    qv.as_ptr().add(ks * 512),
+                                    ks,
+                                    c.0.as_mut_ptr(),
+                                );
+                            }
+                            Unit::Avx512Bf16 => x86::dpbf16_block(
+                                xb.as_ptr(),
+                                qv.as_ptr(),
+                                qv.as_ptr().add(ks * 512),
+                                ks,
+                                c.0.as_mut_ptr(),
+                            ),
+                        }
+                    }
+                    for (r, row) in rows.iter().enumerate() {
+                        let xn = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                        for (qi, q) in queries.chunks_exact(dim).enumerate() {
+                            let inf = &info[qi];
+                            if !inf.safe {
+                                continue;
+                            }
+                            let got = c.0[(2 * (r / 16) + qi / 16) * 256 + (r % 16) * 16 + qi % 16]
+                                as f64;
+                            let dot: f64 =
+                                q.iter().zip(row).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            let (want, allowed) = if metric == Metric::Cosine {
+                                let qn = inf.qq.sqrt();
+                                let c = if xn == 0.0 { 0.0 } else { dot / (qn * xn) };
+                                (c, bound.e)
+                            } else {
+                                (dot * inf.sig, bound.e * inf.q * inf.sig * xn + bound.a_amx)
+                            };
+                            let err = (got - want).abs();
+                            assert!(
+                                err <= allowed,
+                                "{unit:?} {metric} trial {trial} row {r} query {qi}: {got} vs {want}, error {err} > bound {allowed}"
+                            );
+                            if allowed > 0.0 {
+                                worst = worst.max(err / allowed);
+                            }
+                        }
+                    }
+                }
+                eprintln!("{unit:?} {metric}: largest error / bound = {worst:.3}");
+                assert!(
+                    worst > 0.0,
+                    "{unit:?} {metric}: no rounding seen (test not exercising)"
+                );
+            }
+        }
+    }
 
     #[test]
     fn directed_rounding_brackets_the_value() {
