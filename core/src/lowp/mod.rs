@@ -528,6 +528,7 @@ impl Ctx<'_, '_> {
                 }
                 buf.fa[j] = f32::NAN;
                 buf.fb[j] = f32::NAN;
+                buf.live[j] = 0;
                 continue;
             }
             any = true;
@@ -541,6 +542,7 @@ impl Ctx<'_, '_> {
             let (fa, fb, x) = self.bound.row_terms(xx);
             buf.fa[j] = fa;
             buf.fb[j] = fb;
+            buf.live[j] = 0xFFFF;
             buf.xx[j] = xx;
             buf.x[j] = x;
             let scale = if self.metric == Metric::Cosine {
@@ -614,30 +616,35 @@ impl Ctx<'_, '_> {
         let (theta, tops, cands) = (&mut st.theta, &mut st.tops, &mut st.cands);
         let th: [f32; 32] = theta[q0..q0 + 32].try_into().expect("32 lanes");
         let (xx, x) = (&buf.xx, &buf.x);
-        // SAFETY: AVX-512F is present (both units imply it); every slice holds 32 entries.
-        unsafe {
-            x86::filter_block(
-                c,
-                &th,
-                &self.alpha[q0..q0 + 32],
-                &self.beta[q0..q0 + 32],
-                &buf.fa[rows..rows + 32],
-                &buf.fb[rows..rows + 32],
-                |r, j, s| {
-                    let qi = q0 + j;
-                    let row = rows + r;
-                    self.offer(
-                        qi,
-                        (r0 + row) as u64,
-                        s,
-                        xx[row],
-                        x[row],
-                        &mut theta[qi],
-                        &mut tops[qi],
-                        &mut cands[qi],
-                    );
-                },
+        let hit = |r: usize, j: usize, s: f32| {
+            let qi = q0 + j;
+            let row = rows + r;
+            self.offer(
+                qi,
+                (r0 + row) as u64,
+                s,
+                xx[row],
+                x[row],
+                &mut theta[qi],
+                &mut tops[qi],
+                &mut cands[qi],
             );
+        };
+        let (al, be) = (&self.alpha[q0..q0 + 32], &self.beta[q0..q0 + 32]);
+        let (fa, fb, live) = (
+            &buf.fa[rows..rows + 32],
+            &buf.fb[rows..rows + 32],
+            &buf.live[rows..rows + 32],
+        );
+        // SAFETY: AVX-512F is present (both units imply it).
+        unsafe {
+            match self.metric {
+                Metric::Cosine => {
+                    x86::filter_block::<false, false>(c, &th, al, be, fa, fb, live, hit)
+                }
+                Metric::Dot => x86::filter_block::<false, true>(c, &th, al, be, fa, fb, live, hit),
+                Metric::L2 => x86::filter_block::<true, true>(c, &th, al, be, fa, fb, live, hit),
+            }
         }
     }
 
@@ -734,6 +741,7 @@ struct Buffers {
     wide: Vec<f32>,
     fa: Vec<f32>,
     fb: Vec<f32>,
+    live: Vec<u16>,
     xx: Vec<f32>,
     x: Vec<f32>,
     c: Box<[CBuf; 2]>,
@@ -788,6 +796,7 @@ impl Buffers {
             wide: vec![0.0; dp],
             fa: vec![0.0; RB],
             fb: vec![0.0; RB],
+            live: vec![0; RB],
             xx: vec![0.0; RB],
             x: vec![0.0; RB],
             c: Box::new([CBuf([0.0; 1024]), CBuf([0.0; 1024])]),

@@ -274,25 +274,28 @@ pub(super) unsafe fn to_bf16(src: &[f32], scale: f32, dst: &mut [u16]) {
     }
 }
 
-/// Scans one 32 × 32 score block: for row `r` (of 32) and query lane `j` (of 32), the score passes when
-/// `c ≥ theta[j] + alpha[j]·fa[r] − beta[j]·fb[r]` (evaluated with two FMAs; NaN never passes). Calls
+/// Scans one 32 × 32 score block: for a live row `r` (of 32; `live[r]` is `0xFFFF`, or 0 for a row that
+/// may not be returned) and query lane `j` (of 32), the score passes when
+/// `c ≥ theta[j] + alpha[j]·fa[r] − beta[j]·fb[r]` (two FMAs; the `alpha` term only when `A`, the `beta`
+/// term only when `B`, so the metric pays only for the terms it has; NaN never passes). Calls
 /// `hit(r, j, score)` for each passing pair.
 ///
 /// # Safety
-/// [`avx512_bf16_cpu`] must hold; `c` holds 1,024 `f32` in the block layout; `theta`, `alpha`, `beta`
-/// hold 32 entries and `fa`, `fb` 32.
+/// [`avx512_bf16_cpu`] must hold; `c` holds 1,024 `f32` in the block layout.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn filter_block(
+pub(super) unsafe fn filter_block<const A: bool, const B: bool>(
     c: &[f32; 1024],
     theta: &[f32],
     alpha: &[f32],
     beta: &[f32],
     fa: &[f32],
     fb: &[f32],
+    live: &[u16],
     mut hit: impl FnMut(usize, usize, f32),
 ) {
     assert!(theta.len() >= 32 && alpha.len() >= 32 && beta.len() >= 32);
-    assert!(fa.len() >= 32 && fb.len() >= 32);
+    assert!(fa.len() >= 32 && fb.len() >= 32 && live.len() >= 32);
     // Pass 1, branch-free: one 16-lane mask per (query tile, row); pass 2 only where a mask is set
     // (rare once the bounds have tightened).
     let mut masks = [0u16; 64];
@@ -310,12 +313,17 @@ pub(super) unsafe fn filter_block(
         for r in 0..32 {
             let (rt, m) = (r / 16, r % 16);
             // SAFETY: `c` holds 1,024 f32: tile `2·rt + qt` (< 4) line `m` (< 16) is 16 of them;
-            // `fa`/`fb` hold 32 entries.
+            // `fa`/`fb`/`live` hold 32 entries (asserted).
             unsafe {
                 let sc = _mm512_loadu_ps(cp.add((2 * rt + qt) * 256 + 16 * m));
-                let t = _mm512_fmadd_ps(al, _mm512_set1_ps(*fa.get_unchecked(r)), th);
-                let t = _mm512_fnmadd_ps(be, _mm512_set1_ps(*fb.get_unchecked(r)), t);
-                let k = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(sc, t);
+                let mut t = th;
+                if A {
+                    t = _mm512_fmadd_ps(al, _mm512_set1_ps(*fa.get_unchecked(r)), t);
+                }
+                if B {
+                    t = _mm512_fnmadd_ps(be, _mm512_set1_ps(*fb.get_unchecked(r)), t);
+                }
+                let k = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(*live.get_unchecked(r), sc, t);
                 *masks.get_unchecked_mut(qt * 32 + r) = k;
                 any |= k;
             }
