@@ -235,9 +235,11 @@ pub fn search_batch_with(
 }
 
 /// Microbenchmark of a reduced-precision path's unit: its dot-product instruction in a register- or
-/// tile-resident loop on `threads` threads for about `seconds`, in GFLOP/s (a multiply-add counts 2).
-/// `None` for [`BatchPath::Gemm`]/[`BatchPath::Auto`] or an unsupported unit. For benchmarks.
-pub fn unit_peak_gflops(path: BatchPath, threads: usize, seconds: f64) -> Option<f64> {
+/// tile-resident loop on `threads` threads for about `seconds`. Returns `(GFLOP/s over all threads,
+/// GFLOP per CPU-second of one thread)` (a multiply-add counts 2); the second is what a shared machine
+/// does not distort. `None` for [`BatchPath::Gemm`]/[`BatchPath::Auto`] or an unsupported unit. For
+/// benchmarks.
+pub fn unit_peak_gflops(path: BatchPath, threads: usize, seconds: f64) -> Option<(f64, f64)> {
     let unit = match path {
         BatchPath::Amx => Unit::Amx,
         BatchPath::Avx512Bf16 => Unit::Avx512Bf16,

@@ -18,7 +18,6 @@ use crate::kernels::{Kernels, Row};
 use crate::store::RowsView;
 use crate::topk::{search, Hit, SearchParams, TopK};
 use crate::types::Metric;
-use half::slice::HalfFloatSliceExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[cfg(target_arch = "x86_64")]
@@ -286,9 +285,21 @@ impl QueryInfo {
     }
 }
 
-/// The unit's peak on `threads` threads, in GFLOP/s (multiply-add = 2): a register/tile-resident loop of
-/// its dot-product instruction for about `seconds`. `None` if the unit is not supported.
-pub(crate) fn peak_gflops(unit: Unit, threads: usize, seconds: f64) -> Option<f64> {
+/// CPU time of the calling thread, in seconds.
+pub(crate) fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// The unit's peak on `threads` threads for about `seconds`: `(GFLOP/s of wall time over all threads,
+/// GFLOP per CPU-second of one thread)` (a multiply-add = 2). The second figure does not depend on how
+/// much of the machine other processes take. `None` if the unit is not supported.
+pub(crate) fn peak_gflops(unit: Unit, threads: usize, seconds: f64) -> Option<(f64, f64)> {
     if !unit.supported() {
         return None;
     }
@@ -296,24 +307,34 @@ pub(crate) fn peak_gflops(unit: Unit, threads: usize, seconds: f64) -> Option<f6
     {
         let run = || {
             let t0 = std::time::Instant::now();
+            let c0 = thread_cpu_seconds();
             let mut flops = 0.0;
             // SAFETY: the unit is supported (checked above); AMX gets its tile configuration first.
             let _g = (unit == Unit::Amx).then(|| unsafe { x86::AmxGuard::new() });
             while t0.elapsed().as_secs_f64() < seconds {
                 flops += match unit {
                     // SAFETY: as above.
-                    Unit::Amx => unsafe { x86::amx_peak(1 << 20) },
+                    Unit::Amx => unsafe { x86::amx_peak(1 << 18) },
                     // SAFETY: as above.
-                    Unit::Avx512Bf16 => unsafe { x86::dpbf16_peak(1 << 20) },
+                    Unit::Avx512Bf16 => unsafe { x86::dpbf16_peak(1 << 18) },
                 };
             }
-            flops / t0.elapsed().as_secs_f64()
+            (
+                flops / t0.elapsed().as_secs_f64(),
+                flops,
+                thread_cpu_seconds() - c0,
+            )
         };
-        let total: f64 = std::thread::scope(|s| {
+        let r: Vec<(f64, f64, f64)> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(run)).collect();
-            hs.into_iter().map(|h| h.join().expect("peak thread")).sum()
+            hs.into_iter()
+                .map(|h| h.join().expect("peak thread"))
+                .collect()
         });
-        Some(total / 1e9)
+        let wall: f64 = r.iter().map(|x| x.0).sum();
+        let flops: f64 = r.iter().map(|x| x.1).sum();
+        let cpu: f64 = r.iter().map(|x| x.2).sum();
+        Some((wall / 1e9, flops / cpu.max(1e-9) / 1e9))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -532,13 +553,13 @@ impl Ctx<'_, '_> {
                 continue;
             }
             any = true;
-            let w = &mut buf.wide[..dp];
-            match self.view.row(s) {
-                Row::F16(x) => x.convert_to_f32_slice(&mut w[..self.dim]),
-                Row::F32(x) => w[..self.dim].copy_from_slice(x),
-            }
-            w[self.dim..].fill(0.0);
-            let xx = self.kernels.norm_squared(&w[..self.dim]);
+            let row = self.view.row(s);
+            // Squared norm (f32, any summation order: the bound uses only its γ_m error).
+            let xx = match row {
+                // SAFETY: both units imply AVX512-F/BW/BF16 (checked before the search started).
+                Row::F16(x) => unsafe { x86::f16_norm_squared(x) },
+                Row::F32(x) => self.kernels.norm_squared(x),
+            };
             let (fa, fb, x) = self.bound.row_terms(xx);
             buf.fa[j] = fa;
             buf.fb[j] = fb;
@@ -554,7 +575,20 @@ impl Ctx<'_, '_> {
             } else {
                 1.0
             };
-            put_row(&mut buf.xb, j, dp, w, scale);
+            match row {
+                Row::F16(x) => {
+                    let base = rt * ks * 512 + m * 32;
+                    // SAFETY: as above; `32·ks = dp >= dim`, and row tile `rt` holds `ks` chunks at
+                    // `base + 512·c`, inside the block buffer.
+                    unsafe { x86::f16_row_to_tiles(x, scale, &mut buf.xb, base, ks) };
+                }
+                Row::F32(x) => {
+                    let w = &mut buf.wide[..dp];
+                    w[..self.dim].copy_from_slice(x);
+                    w[self.dim..].fill(0.0);
+                    put_row(&mut buf.xb, j, dp, w, scale);
+                }
+            }
         }
         if !any {
             return;

@@ -401,3 +401,76 @@ pub(super) unsafe fn dpbf16_peak(iters: u64) -> f64 {
     std::hint::black_box(s);
     iters.max(1) as f64 * 16.0 * 16.0 * 2.0 * 2.0
 }
+
+/// Loads `f16` elements `[i, i + 32)` of `x` (zeros past the end) as two 16-lane `f32` vectors.
+///
+/// # Safety
+/// [`avx512_bf16_cpu`] must hold; `i <= x.len()`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn load32_f16(x: &[half::f16], i: usize) -> (__m512, __m512) {
+    let left = x.len() - i;
+    let mask: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
+    // SAFETY: the masked load reads only the `min(32, left)` elements that exist (masked-out lanes
+    // are not accessed and do not fault).
+    let v = unsafe { _mm512_maskz_loadu_epi16(mask, x.as_ptr().add(i) as *const i16) };
+    (
+        _mm512_cvtph_ps(_mm512_castsi512_si256(v)),
+        _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v)),
+    )
+}
+
+/// `Σ x_i²` of an `f16` row, accumulated in `f32` (any order: the bound only uses `γ_m`).
+///
+/// # Safety
+/// [`avx512_bf16_cpu`] must hold.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn f16_norm_squared(x: &[half::f16]) -> f32 {
+    let (mut a, mut b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut i = 0;
+    while i < x.len() {
+        // SAFETY: `i < x.len()`; the CPU features are the caller's guarantee.
+        let (lo, hi) = unsafe { load32_f16(x, i) };
+        a = _mm512_fmadd_ps(lo, lo, a);
+        b = _mm512_fmadd_ps(hi, hi, b);
+        i += 32;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(a, b))
+}
+
+/// Writes `bf16(x · scale)` of an `f16` row into its row-tile slots: chunk `c` of 32 elements goes to
+/// `xb[base + 512·c ..][..32]`, zero-padded past `x.len()`, for `c < ks`.
+///
+/// # Safety
+/// [`avx512_bf16_cpu`] must hold; `32·ks >= x.len()`; `xb[base + 512·c .. + 32]` is in bounds for
+/// every `c < ks`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn f16_row_to_tiles(
+    x: &[half::f16],
+    scale: f32,
+    xb: &mut [u16],
+    base: usize,
+    ks: usize,
+) {
+    let s = _mm512_set1_ps(scale);
+    for c in 0..ks {
+        let i = 32 * c;
+        let (lo, hi) = if i < x.len() {
+            // SAFETY: `i < x.len()`.
+            unsafe { load32_f16(x, i) }
+        } else {
+            (_mm512_setzero_ps(), _mm512_setzero_ps())
+        };
+        let v: __m512i = unsafe {
+            // SAFETY: a bit-level reinterpretation of 32 bf16 as 512 bits.
+            std::mem::transmute(_mm512_cvtne2ps_pbh(
+                _mm512_mul_ps(hi, s),
+                _mm512_mul_ps(lo, s),
+            ))
+        };
+        let at = base + 512 * c;
+        assert!(at + 32 <= xb.len());
+        // SAFETY: `at + 32 <= xb.len()` (asserted): 64 writable bytes.
+        unsafe { _mm512_storeu_si512(xb.as_mut_ptr().add(at) as *mut _, v) };
+    }
+}
