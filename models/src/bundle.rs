@@ -140,6 +140,16 @@ pub struct PhenomicsSpec {
     pub input: String,
     /// Name of the ONNX output, `[batch, dim]` float32.
     pub output: String,
+    /// Optional: the names of the profile's features, in order (`input_dim` distinct, non-empty
+    /// names), so a caller can check that its profiles are laid out as the model was trained on.
+    /// Bundles written before this key existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    /// Optional: how wells were normalised per plate before training (for example
+    /// `{"method": "center", "against": "controls"}`). Recorded for the caller, who must normalise
+    /// query profiles the same way; never applied by phenix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plate_normalization: Option<serde_json::Value>,
 }
 
 /// `phenomics.normalization`, tagged by `kind`.
@@ -410,6 +420,33 @@ impl Manifest {
                     "`phenomics.normalization.scale[{i}]` is 0; every scale must be non-zero \
                      (use 1 for constant features)"
                 ));
+            }
+        }
+        if let Some(names) = &p.features {
+            if names.len() != p.input_dim {
+                return Err(format!(
+                    "`phenomics.features` has {} names but `phenomics.input_dim` is {}",
+                    names.len(),
+                    p.input_dim
+                ));
+            }
+            let mut seen = std::collections::HashSet::with_capacity(names.len());
+            for (i, n) in names.iter().enumerate() {
+                if n.is_empty() {
+                    return Err(format!(
+                        "`phenomics.features[{i}]` is empty; every feature needs a name"
+                    ));
+                }
+                if !seen.insert(n.as_str()) {
+                    return Err(format!(
+                        "`phenomics.features[{i}]` {n:?} appears twice; feature names must be distinct"
+                    ));
+                }
+            }
+        }
+        if let Some(v) = &p.plate_normalization {
+            if !v.is_object() {
+                return Err("`phenomics.plate_normalization` must be a JSON object".into());
             }
         }
         Ok(())

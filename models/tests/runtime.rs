@@ -384,6 +384,34 @@ fn manifest_errors() {
             Box::new(|v| v["embedding"]["dim"] = 0.into()),
             vec!["`embedding.dim` must be > 0"],
         ),
+        (
+            "feature names too few",
+            Box::new(|v| v["phenomics"]["features"] = serde_json::json!(["a", "b"])),
+            vec!["`phenomics.features` has 2 names", "input_dim` is 48"],
+        ),
+        (
+            "feature name repeated",
+            Box::new(|v| {
+                let mut names: Vec<String> = (0..48).map(|i| format!("Cells_F{i}")).collect();
+                names[30] = "Cells_F3".into();
+                v["phenomics"]["features"] = serde_json::json!(names);
+            }),
+            vec!["`phenomics.features[30]` \"Cells_F3\" appears twice"],
+        ),
+        (
+            "feature name empty",
+            Box::new(|v| {
+                let mut names: Vec<String> = (0..48).map(|i| format!("Cells_F{i}")).collect();
+                names[5] = String::new();
+                v["phenomics"]["features"] = serde_json::json!(names);
+            }),
+            vec!["`phenomics.features[5]` is empty"],
+        ),
+        (
+            "plate normalisation not an object",
+            Box::new(|v| v["phenomics"]["plate_normalization"] = "center".into()),
+            vec!["`phenomics.plate_normalization` must be a JSON object"],
+        ),
     ];
     for (what, edit, needles) in cases {
         let e = load_err(&edited("log", edit));
@@ -411,6 +439,29 @@ fn manifest_errors() {
         "{e:?}"
     );
     assert_contains(&e, &["format_version 2 is not supported"]);
+
+    // The optional keys that say what the profile is: a bundle with them loads and keeps them, and
+    // one without them (every bundle written before they existed) loads too.
+    let names: Vec<String> = (0..48).map(|i| format!("Cells_F{i}")).collect();
+    let with = edited("log", |v| {
+        v["phenomics"]["features"] = serde_json::json!(names.clone());
+        v["phenomics"]["plate_normalization"] = serde_json::json!({"method": "center"});
+    });
+    let b = phenix_models::ModelBundle::open(&with).unwrap();
+    assert_eq!(b.manifest().phenomics.features.as_deref(), Some(&names[..]));
+    assert_eq!(
+        b.manifest().phenomics.plate_normalization,
+        Some(serde_json::json!({"method": "center"}))
+    );
+    let without = edited("log", |_| {});
+    assert_eq!(
+        phenix_models::ModelBundle::open(&without)
+            .unwrap()
+            .manifest()
+            .phenomics
+            .features,
+        None
+    );
 
     let dir = edited("log", |_| {});
     std::fs::write(dir.join("phenix-model.json"), "{\"format_version\": 1, ").unwrap();

@@ -176,19 +176,25 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
         let m = model(name)?;
         let d = m.manifest().phenomics.input_dim;
-        // A blob of 2·d bytes would be read as float16 by length, but it is just as likely a
-        // float32 profile of d/2 features: profiles are float32 (or JSON) only.
+        // A profile is JSON or a float32 blob. A float16 reading of a blob of 2·d bytes would
+        // silently accept a float32 profile with half the features, so only 4·d bytes pass.
         if let ValueRef::Blob(b) = ctx.get_raw(1) {
             if b.len() != 4 * d {
+                let n = if b.len() % 4 == 0 {
+                    format!("a float32 profile of {} features", b.len() / 4)
+                } else {
+                    "not a float32 profile (length not a multiple of 4)".to_string()
+                };
+                let hint = if b.len() == 2 * d {
+                    " (a float16 profile? convert it with phenix_f32(profile, 'float16'))"
+                } else {
+                    ""
+                };
                 return Err(sql_error(format!(
-                    "{f} argument 2 (profile) expects float32[{d}] (a {} byte blob, or JSON): got a {}-byte blob{}",
-                    4 * d,
+                    "{f} argument 2 (profile) expects float32[{d}]: got a {}-byte blob, {n}; \
+                     the model's profiles have {d} features ({} bytes){hint}",
                     b.len(),
-                    if b.len() == 2 * d {
-                        " (a float16 profile? profiles are float32: convert it with phenix_f32(profile, 'float16'))"
-                    } else {
-                        ""
-                    }
+                    4 * d
                 )));
             }
         }
