@@ -31,6 +31,7 @@ pub mod bitmap;
 mod crc32;
 mod error;
 pub mod fault;
+pub mod ivf;
 pub mod kernels;
 pub mod store;
 pub mod topk;
