@@ -32,6 +32,7 @@ pub mod bitmap;
 mod crc32;
 mod error;
 pub mod fault;
+pub mod ivf;
 pub mod kernels;
 mod lowp;
 pub mod store;
