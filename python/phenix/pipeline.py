@@ -40,10 +40,10 @@ def run_train(db: str, cols: Columns, out: Path, cfg, report_dir: Optional[Path]
         raise PhenixError(f"{out} exists and is not empty; pass --force to replace the bundle")
     if not Path(db).exists():
         raise PhenixError(f"no such database: {db}")
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = connect(f"file:{db}?mode=ro", uri=True)
     w = read_wells(conn, cols, progress=progress)
+    norm = normalize_plates(w, normalize, conn, cols)
     conn.close()
-    norm = normalize_plates(w, normalize)
     norm["controls"] = cols.control
     ds, notes = build_dataset(w, chem=True, skip_bad_smiles=skip_bad_smiles)
     check_split_feasible(ds, cfg.test_frac, cfg.val_frac)
@@ -136,11 +136,11 @@ def run_evaluate(db: str, bundle: Path, cols: Columns, split: str = "all", norma
     tc = prov.get("train_config", {})
     if not Path(db).exists():
         raise PhenixError(f"no such database: {db}")
-    conn = sqlite3.connect(db)
+    conn = connect(db)
     w = read_wells(conn, cols, progress=progress)
     check_features(man, w.features, w.profiles.shape[1], f"table {cols.table!r}")
     method = normalize or man["phenomics"].get("plate_normalization", {}).get("method", "center")
-    normalize_plates(w, method)
+    normalize_plates(w, method, conn, cols)
     ds, notes = build_dataset(w, chem=(split != "all"))
     seed = int(prov.get("seed", 0))
     act_cfg = prov.get("activity", {})

@@ -204,20 +204,7 @@ def read_wells(conn: sqlite3.Connection, cols: Columns, progress: bool = False) 
 
 # ------------------------------------------------------------------------------- plate normalisation
 
-def normalize_plates(w: Wells, method: str) -> dict:
-    """Normalises ``w.profiles`` in place, per plate, against that plate's control wells.
-
-    * ``center``: subtract the controls' mean (what the simulator and many pipelines do);
-    * ``standardize``: (x - mean) / sd of the controls (ddof 0, as pycytominer's standardize);
-    * ``robust``: (x - median) / (1.4826 * MAD) of the controls (pycytominer's mad_robustize);
-    * ``none``: leave the profiles as they are (already normalised, e.g. pycytominer output).
-
-    TEMPORARY numpy path: this is to be replaced by phenix_norm_fit / phenix_norm_apply in SQL (the
-    analysis functions) once they are in main; the result must stay the same (the tests compare it
-    with numpy). Returns the description recorded in the bundle.
-    """
-    if method not in NORMALIZATIONS:
-        raise PhenixError(f"unknown normalisation {method!r}: expected one of {', '.join(NORMALIZATIONS)}")
+def _check_controls(w: Wells, method: str) -> None:
     plates, inv = np.unique(w.plate, return_inverse=True)
     n_ctrl = np.bincount(inv, weights=w.control, minlength=len(plates)).astype(int)
     need = 0 if method == "none" else (1 if method == "center" else 2)
@@ -226,30 +213,68 @@ def normalize_plates(w: Wells, method: str) -> dict:
         raise PhenixError(f"{len(short)} plate(s) have {'no' if need == 1 else 'fewer than 2'} control wells for the "
                           f"per-plate {method} normalisation (first: {short[0]!r}); add controls, drop the plate, or "
                           "use --normalize none")
-    desc = {"method": method, "per": "plate", "against": "control wells", "implementation": "numpy (temporary)"}
+
+
+def normalize_plates(w: Wells, method: str, conn: Optional[sqlite3.Connection] = None,
+                     cols: Optional[Columns] = None) -> dict:
+    """Normalises ``w.profiles`` per plate against that plate's control wells, with phenix's SQL
+    analysis functions on the wells table (``conn`` has phenix loaded, ``cols`` names the columns):
+
+    * ``center``: subtract the controls' mean, ``phenix_mean(profile) ... GROUP BY plate`` (what the
+      simulator and many pipelines do);
+    * ``standardize``: ``phenix_norm_fit('standardize', ...)`` / ``phenix_norm_apply`` (ddof 0);
+    * ``robust``: ``phenix_norm_fit('robust', ...)`` / ``phenix_norm_apply`` (pycytominer's
+      mad_robustize: median, 1.4826 x MAD);
+    * ``none``: leave the profiles as they are (already normalised, e.g. pycytominer output).
+
+    Without ``conn`` (wells built in memory from the simulator, for tests and the demo) only ``center``
+    is available; it rounds each plate's mean to float32 as ``phenix_mean`` returns it, so both paths give
+    the same profiles. Returns the description recorded in the bundle.
+    """
+    if method not in NORMALIZATIONS:
+        raise PhenixError(f"unknown normalisation {method!r}: expected one of {', '.join(NORMALIZATIONS)}")
+    _check_controls(w, method)
+    desc = {"method": method, "per": "plate", "against": "control wells",
+            "sql": {"center": "phenix_mean over the plate's controls, subtracted",
+                    "standardize": "phenix_norm_fit('standardize') + phenix_norm_apply",
+                    "robust": "phenix_norm_fit('robust') + phenix_norm_apply",
+                    "none": "none"}[method]}
     if method == "none":
         return desc
-    order = np.argsort(inv, kind="stable")
-    bounds = np.searchsorted(inv[order], np.arange(len(plates) + 1))
-    tiny = []
-    for k in range(len(plates)):
-        rows = order[bounds[k]:bounds[k + 1]]
-        c = w.profiles[rows[w.control[rows]]].astype(np.float64)
-        if method == "center":
-            loc, sc = c.mean(0), None
-        elif method == "standardize":
-            loc, sc = c.mean(0), c.std(0)
-        else:
-            loc = np.median(c, 0)
-            sc = 1.4826 * np.median(np.abs(c - loc), 0)
-        x = w.profiles[rows].astype(np.float64) - loc
-        if sc is not None:
-            if (sc <= 0).any():
-                tiny.append(str(plates[k]))
-            x /= np.where(sc > 0, sc, 1.0)
-        w.profiles[rows] = x.astype(np.float32)
-    if tiny:
-        desc["zero_spread_plates"] = len(tiny)
+    plates, inv = np.unique(w.plate, return_inverse=True)
+    if conn is None:
+        if method != "center":
+            raise PhenixError(f"the {method} normalisation runs in SQL: pass the wells' database connection")
+        means = np.zeros((len(plates), w.profiles.shape[1]), np.float32)
+        for k in range(len(plates)):
+            c = w.profiles[(inv == k) & w.control].astype(np.float64)
+            means[k] = c.mean(0).astype(np.float32)
+        w.profiles[:] = (w.profiles.astype(np.float64) - means[inv].astype(np.float64)).astype(np.float32)
+        return desc
+    assert cols is not None
+    ccol, cval = cols.control_column_value()
+    t, pc, pr = quote(cols.table), quote(cols.plate), quote(cols.profile)
+    ctrl = f"CAST({quote(ccol)} AS TEXT) = ?"
+    if method == "center":
+        fit = {str(p): np.frombuffer(m, "<f4") for p, m in conn.execute(
+            f"SELECT CAST({pc} AS TEXT), phenix_mean({pr}) FROM {t} WHERE {ctrl} GROUP BY 1", (cval,))}
+        means = np.stack([fit[str(p)] for p in plates])
+        w.profiles[:] = (w.profiles.astype(np.float64) - means[inv].astype(np.float64)).astype(np.float32)
+        return desc
+    feats = json.dumps(w.features) if w.features is not None else None
+    opts = json.dumps({"features": w.features}) if w.features is not None else "{}"
+    try:
+        conn.execute("DROP TABLE IF EXISTS temp.phenix_plate_fits")
+        conn.execute(f"CREATE TEMP TABLE phenix_plate_fits AS SELECT CAST({pc} AS TEXT) AS plate, "
+                     f"phenix_norm_fit(?, {pr}, ?) AS fit FROM {t} WHERE {ctrl} GROUP BY 1", (method, opts, cval))
+        rows = conn.execute(f"SELECT w.rowid, phenix_norm_apply(f.fit, w.{pr}" + (", ?" if feats else "") +
+                            f") FROM {t} w LEFT JOIN temp.phenix_plate_fits f ON f.plate = CAST(w.{pc} AS TEXT) "
+                            "ORDER BY w.rowid", ((feats,) if feats else ())).fetchall()
+    except sqlite3.Error as e:
+        raise PhenixError(f"per-plate {method} normalisation: {e}") from e
+    if len(rows) != len(w.rowid) or any(r[0] != i for r, i in zip(rows, w.rowid)):
+        raise PhenixError(f"table {cols.table!r} changed while it was read")
+    w.profiles[:] = np.stack([np.frombuffer(r[1], "<f4") for r in rows])
     return desc
 
 
