@@ -217,7 +217,7 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _build_one(path: str, batch: int, skip_bad_smiles: bool) -> dict:
+def _build_one(path: str, batch: int, skip_bad_smiles: bool, delay: float = 0.0) -> dict:
     """Embeds the molecules of one shard's ``shard_library`` into its phenix table, in batches of
     ``batch`` molecules, one transaction each; resumes after the last committed batch."""
     t0 = time.time()
@@ -270,6 +270,8 @@ def _build_one(path: str, batch: int, skip_bad_smiles: bool) -> dict:
                 conn.execute("ROLLBACK")
                 raise
             embedded += len(mols)
+            if delay:
+                time.sleep(delay)
         n_mol = conn.execute("SELECT count(*) FROM shard_library").fetchone()[0]
         n_rows = conn.execute(f"SELECT count(*) FROM {qt}").fetchone()[0]
         conn.execute("INSERT OR REPLACE INTO phenix_shard VALUES ('complete', 'true'), ('rows', ?)",
@@ -421,14 +423,15 @@ def _partition(library: str, out: Path, n_shards: int, doses: list[float], model
 def build_shards(library: str, out_dir: Union[str, os.PathLike], n_shards: int, doses: Sequence[float], *,
                  client: Union[str, Any] = "local:3", model: str = "default", table: str = "screen",
                  smiles_column: str = "smiles", id_column: Optional[str] = "id", batch: int = 4096,
-                 skip_bad_smiles: bool = False, progress: bool = True) -> dict:
+                 skip_bad_smiles: bool = False, progress: bool = True, _batch_delay: float = 0.0) -> dict:
     """Splits ``library`` (a .csv/.csv.gz/.parquet/.smi file, as ``phenix screen --library``) into
     ``n_shards`` phenix shard databases under ``out_dir`` and embeds every molecule at every dose (µM)
     on the cluster: one task per shard, ``phenix_embed_molecules`` inside SQL on the worker.
 
     ``client``: a Dask ``Client``, ``local:N`` or a scheduler address (:func:`client_for`). Re-running
     with the same arguments resumes: partitioned shards are kept, each shard continues after its last
-    committed batch. Returns per-shard statistics and the shard paths.
+    committed batch. Returns per-shard statistics and the shard paths. ``_batch_delay`` (seconds a
+    worker sleeps after each committed batch) is a test seam for killing a worker mid-build.
     """
     if n_shards < 1:
         raise PhenixError(f"n_shards must be at least 1, got {n_shards}")
@@ -450,7 +453,7 @@ def build_shards(library: str, out_dir: Union[str, os.PathLike], n_shards: int, 
 
     with client_for(client) as cl:
         distributed = _distributed()
-        futs = [cl.submit(_build_one, p, batch, skip_bad_smiles, pure=False,
+        futs = [cl.submit(_build_one, p, batch, skip_bad_smiles, _batch_delay, pure=False,
                           key=f"phenix-build-{os.path.basename(p)}-{time.time_ns()}") for p in paths]
         stats = []
         bar = tqdm(total=len(futs), desc="building shards", unit="shard", disable=not progress)

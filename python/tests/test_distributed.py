@@ -301,6 +301,67 @@ def test_build_resumes_and_refuses_another_layout(built, cluster, tmp_path):
         pd_dist.build_shards(str(lib), out, 4, [1.0], client=cluster, progress=False)
 
 
+def test_worker_killed_mid_build_is_resumed_after_its_last_committed_batch(built, cluster, tmp_path):
+    out: dict = {}
+    done = threading.Event()
+    pids = cluster.run(os.getpid)
+
+    def run():
+        try:
+            out["res"] = pd_dist.build_shards(str(built["dir"] / "lib.csv"), tmp_path / "s", 4, DOSES, client=cluster,
+                                              batch=8, progress=False, _batch_delay=0.4)
+        except Exception as e:  # noqa: BLE001 - inspected below
+            out["err"] = e
+        done.set()
+
+    t = threading.Thread(target=run)
+    t.start()
+    # kill the worker building a shard once that shard has committed a batch and is not complete
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and time.time() < deadline and not done.is_set():
+        for w, keys in cluster.processing().items():
+            for key in keys:
+                name = str(key).split("phenix-build-")[-1].rsplit("-", 1)[0]
+                f = tmp_path / "s" / name
+                if w not in pids or not f.exists():
+                    continue
+                c = sqlite3.connect(f"file:{f}?mode=ro", uri=True, timeout=10)
+                try:
+                    meta = dict(c.execute("SELECT key, value FROM phenix_shard"))
+                except sqlite3.Error:
+                    meta = {}
+                finally:
+                    c.close()
+                if "molecules_done" in meta and "complete" not in meta:
+                    os.kill(pids[w], signal.SIGKILL)
+                    killed = pids[w]
+                    break
+            if killed is not None:
+                break
+        time.sleep(0.05)
+    assert killed is not None, "no shard was caught mid-build"
+    t.join(300)
+    assert not t.is_alive()
+    cluster.wait_for_workers(N_WORKERS, timeout=300)
+    assert "err" not in out, out.get("err")
+    res = out["res"]
+    assert killed not in {s["worker_pid"] for s in res["per_shard"]}
+    # the re-run task continued after the killed one's last committed batch instead of starting over
+    assert any(0 < s["embedded_now"] < s["molecules"] for s in res["per_shard"]), res["per_shard"]
+    rows = {}
+    for p in res["shards"]:
+        c = phenix.connect(p)
+        assert c.execute("SELECT phenix_check('screen')").fetchone()[0] == "ok"
+        for rid, comp, conc, emb in c.execute("SELECT rowid, compound, concentration, embedding FROM screen"):
+            assert rid not in rows
+            rows[rid] = (comp, conc, emb)
+        c.close()
+    ref = {r: (c, u, e) for r, e, c, u in built["conn"].execute(
+        "SELECT rowid, embedding, compound, concentration FROM screen")}
+    assert rows == ref
+
+
 def test_cli_screen_cluster_builds_shards_and_retrieves_like_one_table(built, cluster, tmp_path):
     db = tmp_path / "cli.db"
     c = phenix.connect(str(db))
