@@ -312,6 +312,8 @@ def _search_one(path: str, queries: np.ndarray, k: int, where: Optional[str], pa
     tname = table or sh.meta["table"]
     with sh.lock:
         c = sh.conn
+        if _metric(c, tname) == "cosine":
+            queries = _scaled(queries)
         if not sh.meta.get("complete"):
             sh.meta = _read_meta(c, path)
             if not sh.meta.get("complete"):
@@ -340,6 +342,27 @@ def _search_one(path: str, queries: np.ndarray, k: int, where: Optional[str], pa
         t2 = time.perf_counter()
     return {"index": sh.meta["index"], "n_shards": sh.meta["n_shards"], "path": path, "ids": ids,
             "distances": dist, "phenix_seconds": t2 - t1, "task_seconds": t2 - t0, "worker_pid": os.getpid()}
+
+
+def _metric(conn: sqlite3.Connection, table: str) -> str:
+    """The distance of phenix table ``table`` from its CREATE statement (cosine when not given)."""
+    import re
+
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    m = re.search(r"distance\s*=\s*([A-Za-z0-9]+)", row[0] if row and row[0] else "")
+    return m.group(1).lower() if m else "cosine"
+
+
+def _scaled(queries: np.ndarray) -> np.ndarray:
+    """Each query divided by its largest |element| (in float64, then float32), as phenix's exact KNN
+    ranking scales a cosine query before scoring (sql/src/table/rank.rs). Cosine distances do not
+    change, but their last float32 bit then no longer depends on which of phenix_retrieve_all's paths
+    (batched, or re-ranked exactly after a near-tie) a query took in this shard: every shard, and one
+    table, score a (query, row) pair to the same bits."""
+    q = queries.astype(np.float64)
+    m = np.abs(q).max(axis=1, keepdims=True)
+    m[(m == 0) | ~np.isfinite(m)] = 1.0
+    return (q / m).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------ driver side
