@@ -369,6 +369,23 @@ def test_worker_killed_mid_build_is_resumed_after_its_last_committed_batch(built
     assert rows == ref
 
 
+def test_build_refuses_bad_input_clearly(built, cluster, tmp_path):
+    lib = built["lib"].head(20).copy()
+    lib.loc[7, "smiles"] = "C1CC"
+    lib.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(PhenixError, match=r"1 SMILES cannot be featurized, first: 'C1CC' \(library row 8\)"):
+        pd_dist.build_shards(str(tmp_path / "bad.csv"), tmp_path / "a", 2, DOSES, client=cluster, progress=False)
+    res = pd_dist.build_shards(str(tmp_path / "bad.csv"), tmp_path / "b", 2, DOSES, client=cluster, progress=False,
+                               skip_bad_smiles=True)
+    assert res["rows"] == 19 * len(DOSES) and sum(s["skipped_bad_smiles"] for s in res["per_shard"]) == 1
+    with pytest.raises(PhenixError, match="no such file"):
+        pd_dist.build_shards(str(tmp_path / "nope.csv"), tmp_path / "c", 2, DOSES, client=cluster)
+    with pytest.raises(PhenixError, match="n_shards must be at least 1"):
+        pd_dist.build_shards(str(tmp_path / "bad.csv"), tmp_path / "c", 0, DOSES, client=cluster)
+    with pytest.raises(PhenixError, match="doses must be positive"):
+        pd_dist.build_shards(str(tmp_path / "bad.csv"), tmp_path / "c", 2, [0.0], client=cluster)
+
+
 def test_cli_screen_cluster_builds_shards_and_retrieves_like_one_table(built, cluster, tmp_path):
     db = tmp_path / "cli.db"
     c = phenix.connect(str(db))
