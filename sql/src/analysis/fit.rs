@@ -21,6 +21,7 @@ use super::{
     arg_err, check_keys, feature_list, features_hash, num_opt, options_arg, profile_arg, pure,
     type_name, AnalysisError, Fnv, Rows,
 };
+use crate::error::{create_scalar, Guarded};
 use crate::vector::encode_f32;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rusqlite::functions::{Aggregate, Context};
@@ -252,12 +253,20 @@ impl Fit {
 /// Registers the three functions.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     for n in [2, 3] {
-        conn.create_aggregate_function(FIT, n, pure(), NormFit)?;
+        conn.create_aggregate_function(
+            FIT,
+            n,
+            pure(),
+            Guarded {
+                name: FIT,
+                inner: NormFit,
+            },
+        )?;
     }
     for n in [2, 3] {
-        conn.create_scalar_function(APPLY, n, pure(), apply_fn)?;
+        create_scalar(conn, APPLY, n, pure(), apply_fn)?;
     }
-    conn.create_scalar_function("phenix_fit_info", 1, pure(), |ctx| {
+    create_scalar(conn, "phenix_fit_info", 1, pure(), |ctx| {
         let fit = fit_arg(ctx.get_raw(0), "phenix_fit_info")?;
         Ok(fit.info().to_string())
     })?;

@@ -5,6 +5,7 @@
 //! vector_column)'`; because it can read any table, `phenix_retrieve_all` is `SQLITE_DIRECTONLY`.
 
 use super::names::{self, qualified, split_name};
+use super::rank;
 use super::registry::{self, lock_state, search_threads, SharedState};
 use crate::args::{owned, positive_k, text_arg};
 use crate::error::{create_scalar, sql_error, Error};
@@ -312,23 +313,49 @@ fn search_all(
     let live = t
         .live()
         .ok_or_else(|| Error::Internal("live set not loaded".into()))?;
+    let mut store = t.store();
+    let view = store
+        .view(n)
+        .map_err(|e| Error::store(format!("{f}: "), e))?;
     let hits = {
-        let mut p = SearchParams::new(k);
+        // One row more than asked, to see whether the k-th distance is (nearly) shared.
+        let mut p = SearchParams::new(k.saturating_add(1));
         p.candidates = Candidates::Bitmap(live.bitmap());
         p.threads = threads;
-        let mut store = t.store();
-        let view = store
-            .view(n)
-            .map_err(|e| Error::store(format!("{f}: "), e))?;
         search_batch(&view, qvecs, &p).map_err(|e| Error::store(format!("{f}: "), e))?
     };
     let mut out = Vec::new();
     for (qi, hs) in hits.into_iter().enumerate() {
-        let mut rows: Vec<(i64, f64)> = hs
-            .into_iter()
-            .filter_map(|h| Some((live.rowid(h.slot)?, h.distance as f64)))
-            .collect();
-        rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        // The batched (GEMM) distances differ from the per-query kernels' in the last bits, so rows
+        // whose distances are within rounding of each other could come out in another order, or
+        // another row at the k-th distance, than MATCH gives. Such a query is ranked again exactly,
+        // as MATCH ranks it (ties by rowid); so is one whose distances overflowed float32.
+        let close = |a: f32, b: f32| (b - a).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0);
+        let exact = hs.iter().any(|h| !h.distance.is_finite())
+            || hs.windows(2).any(|w| close(w[0].distance, w[1].distance));
+        let rows: Vec<(i64, f64)> = if exact {
+            let q = &qvecs[qi * qdim..(qi + 1) * qdim];
+            let req = rank::Request {
+                query: q,
+                candidates: Candidates::Bitmap(live.bitmap()),
+                k,
+                bound: None,
+                threads,
+            };
+            rank::rank(&view, &req, |s| live.rowid(s))
+                .map_err(|e| Error::store(format!("{f}: "), e))?
+                .into_iter()
+                .map(|(r, _, d)| (r, d))
+                .collect()
+        } else {
+            let mut rows: Vec<(i64, f64)> = hs
+                .into_iter()
+                .take(k)
+                .filter_map(|h| Some((live.rowid(h.slot)?, h.distance as f64)))
+                .collect();
+            rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            rows
+        };
         for (rank, (rowid, d)) in rows.into_iter().enumerate() {
             out.push((qrowids[qi], rowid, rank as i64 + 1, d));
         }
