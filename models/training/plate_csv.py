@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The simulator lives in the phenix Python package (python/phenix/training); importable from a checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
 
-from molecules import load_molecules  # noqa: E402
-from simulator import SimConfig, simulate  # noqa: E402
+from phenix.training.molecules import load_molecules  # noqa: E402
+from phenix.training.simulator import SimConfig, simulate  # noqa: E402
 
 COMPARTMENTS = ("Cells", "Nuclei", "Cytoplasm")
 KINDS = ("AreaShape", "Intensity", "Texture")
