@@ -79,9 +79,10 @@ pub(crate) fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec
     held.next()?;
     let mut p = check_committed(conn, &schema, &table, db)?;
     drop(held);
-    if !p.is_empty() {
-        p.push(format!(
-            "to recover: restore the database together with its sidecar directory from a backup (phenix_backup), or DROP TABLE {table} (which works on a damaged table) and load the rows again"
+    // The way out, on the last problem's line (one line per problem, like PRAGMA integrity_check).
+    if let Some(last) = p.last_mut() {
+        last.push_str(&format!(
+            "; to recover: restore the database with its sidecar directory from a backup (phenix_backup), or DROP TABLE {table} (works on a damaged table) and load the rows again"
         ));
     }
     Ok(p)
