@@ -384,6 +384,34 @@ fn manifest_errors() {
             Box::new(|v| v["embedding"]["dim"] = 0.into()),
             vec!["`embedding.dim` must be > 0"],
         ),
+        (
+            "feature names too few",
+            Box::new(|v| v["phenomics"]["features"] = serde_json::json!(["a", "b"])),
+            vec!["`phenomics.features` has 2 names", "input_dim` is 48"],
+        ),
+        (
+            "feature name repeated",
+            Box::new(|v| {
+                let mut names: Vec<String> = (0..48).map(|i| format!("Cells_F{i}")).collect();
+                names[30] = "Cells_F3".into();
+                v["phenomics"]["features"] = serde_json::json!(names);
+            }),
+            vec!["`phenomics.features[30]` \"Cells_F3\" appears twice"],
+        ),
+        (
+            "feature name empty",
+            Box::new(|v| {
+                let mut names: Vec<String> = (0..48).map(|i| format!("Cells_F{i}")).collect();
+                names[5] = String::new();
+                v["phenomics"]["features"] = serde_json::json!(names);
+            }),
+            vec!["`phenomics.features[5]` is empty"],
+        ),
+        (
+            "plate normalisation not an object",
+            Box::new(|v| v["phenomics"]["plate_normalization"] = "center".into()),
+            vec!["`phenomics.plate_normalization` must be a JSON object"],
+        ),
     ];
     for (what, edit, needles) in cases {
         let e = load_err(&edited("log", edit));
@@ -411,6 +439,29 @@ fn manifest_errors() {
         "{e:?}"
     );
     assert_contains(&e, &["format_version 2 is not supported"]);
+
+    // The optional keys that say what the profile is: a bundle with them loads and keeps them, and
+    // one without them (every bundle written before they existed) loads too.
+    let names: Vec<String> = (0..48).map(|i| format!("Cells_F{i}")).collect();
+    let with = edited("log", |v| {
+        v["phenomics"]["features"] = serde_json::json!(names.clone());
+        v["phenomics"]["plate_normalization"] = serde_json::json!({"method": "center"});
+    });
+    let b = phenix_models::ModelBundle::open(&with).unwrap();
+    assert_eq!(b.manifest().phenomics.features.as_deref(), Some(&names[..]));
+    assert_eq!(
+        b.manifest().phenomics.plate_normalization,
+        Some(serde_json::json!({"method": "center"}))
+    );
+    let without = edited("log", |_| {});
+    assert_eq!(
+        phenix_models::ModelBundle::open(&without)
+            .unwrap()
+            .manifest()
+            .phenomics
+            .features,
+        None
+    );
 
     let dir = edited("log", |_| {});
     std::fs::write(dir.join("phenix-model.json"), "{\"format_version\": 1, ").unwrap();
@@ -548,4 +599,72 @@ fn broken_onnx_files() {
         "{e:?}"
     );
     assert_contains(&e, &["phenomics.onnx", "file not found"]);
+}
+
+/// `mkfifo path`.
+fn mkfifo(path: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfifo {}", path.display());
+}
+
+/// A bundle file that is a FIFO, a directory or a device is refused at once; reading a FIFO would
+/// block the loader (and the SQL call behind it) forever. Loads run on a thread so a regression
+/// fails the test after 60 s instead of hanging it.
+#[test]
+fn bundle_files_that_are_not_regular_files_are_refused_without_blocking() {
+    type Edit = fn(&Path);
+    let cases: [(&str, Edit, &[&str]); 4] = [
+        (
+            "phenix-model.json",
+            |d| {
+                std::fs::remove_file(d.join("phenix-model.json")).unwrap();
+                mkfifo(&d.join("phenix-model.json"));
+            },
+            &["phenix-model.json", "not a regular file"],
+        ),
+        (
+            "molecule.onnx",
+            |d| {
+                std::fs::remove_file(d.join("molecule.onnx")).unwrap();
+                mkfifo(&d.join("molecule.onnx"));
+            },
+            &["molecule.onnx", "not a regular file"],
+        ),
+        (
+            "phenomics.onnx (directory)",
+            |d| {
+                std::fs::remove_file(d.join("phenomics.onnx")).unwrap();
+                std::fs::create_dir(d.join("phenomics.onnx")).unwrap();
+            },
+            &["phenomics.onnx", "not a regular file"],
+        ),
+        (
+            "phenix-model.json (device)",
+            |d| {
+                std::fs::remove_file(d.join("phenix-model.json")).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", d.join("phenix-model.json")).unwrap();
+            },
+            &["phenix-model.json", "not a regular file"],
+        ),
+    ];
+    for (what, edit, needles) in cases {
+        let dir = edited("log", |_| {});
+        edit(&dir);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Model::load(&d, &opts()).map(|_| ()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{what}: loading blocked for 60 s"));
+        let e = r.expect_err(what);
+        assert_contains(&e, needles);
+        // And through the cache, which looks at the files' metadata first.
+        let e = Model::load_cached(&dir, &opts()).expect_err(what);
+        assert_contains(&e, needles);
+    }
 }

@@ -1,7 +1,9 @@
 """The shipped default model reproduces, from SQL, the top-1 % recall its training report states.
 
-The held-out profiles are regenerated from the simulator with the manifest's data seed and split seed
-(models/training; deterministic), the scaffold-split (molecule, concentration) candidates are embedded
+The held-out profiles are regenerated exactly as `phenix simulate` -> `phenix import` -> `phenix train`
+made them for the shipped model (the simulator's wells in memory, phenix.simulate.wells_in_memory; the
+same plate normalisation, activity calls and scaffold split as phenix train, from the manifest's seeds),
+the scaffold-split (molecule, concentration) candidates are embedded
 with phenix_embed_molecules('default', ...) into a phenix table, and every query profile goes through
 phenix_embed_phenomics('default', profile) and phenix_retrieve(..., k = ceil(candidates / 100)). The
 recall must equal the manifest's `provenance.metrics.scaffold.top1_*` within f16 tolerance: the number
@@ -20,30 +22,45 @@ import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "models" / "training"))
+sys.path.insert(0, str(ROOT / "python"))
+
+
+def shipped_dataset():
+    """(manifest, dataset, prepared) of the shipped model, rebuilt the way phenix train built them."""
+    from phenix.simulate import wells_in_memory
+    from phenix.training import recipe as T
+    from phenix.training.molecules import load_molecules
+    from phenix.training.simulator import SimConfig, simulate
+    from phenix.wells import build_dataset, call_activity, normalize_plates
+
+    manifest = json.loads((ROOT / "models" / "default" / "phenix-model.json").read_text())
+    prov = manifest["provenance"]
+    ms = load_molecules()
+    scr = simulate(ms, SimConfig(seed=0))  # `phenix simulate --seed 0`
+    w = wells_in_memory(scr, ms)
+    normalize_plates(w, prov["plate_normalization"]["method"])
+    ds, _ = build_dataset(w)
+    call_activity(ds, prov["activity"]["active_p"], prov["activity"]["n_null"], seed=prov["seed"])
+    prep = T.prepare(ds, T.TrainConfig(**prov["train_config"]))
+    return manifest, ds, prep
 
 
 def test_sql_reproduces_the_reported_top1_recall(ext, tmp_path):
-    import train as T  # noqa: E402  (models/training)
-    from model import encode_concentration  # noqa: E402
-    from molecules import load_molecules  # noqa: E402
-    from simulator import SimConfig, simulate  # noqa: E402
+    from phenix.training import recipe as T
+    from phenix.training.model import encode_concentration
 
     bundle = ROOT / "models" / "default"
-    manifest = json.loads((bundle / "phenix-model.json").read_text())
-    prov = manifest["provenance"]
-    reported = prov["metrics"]["scaffold"]
-
-    ms = load_molecules()
-    scr = simulate(ms, SimConfig(seed=prov["data_seed"]))
-    prep = T.prepare(scr, T.TrainConfig(seed=prov["seed"]))
+    manifest, ds, prep = shipped_dataset()
+    reported = manifest["provenance"]["metrics"]["scaffold"]
     _, pairs, true_idx, active = T.split_queries(prep, "scaffold")
     n = len(pairs)
     assert n == reported["n_candidates"], (n, reported["n_candidates"])
-    # Raw (unnormalised) query profiles: replicate means; phenix applies the bundle's normalisation.
-    queries = scr.profiles[pairs].mean(1).astype(np.float32)
-    smiles = ms.smiles[scr.mol_index[scr.pair_mol[pairs]]]
-    um = scr.doses_um[scr.pair_dose[pairs]]
+    assert int(active.sum()) == reported["n_active_queries"]
+    # Raw (plate-normalised, not standardised) query profiles: replicate means; phenix applies the
+    # bundle's normalisation.
+    queries = T.replicate_mean(ds.profiles[pairs], ds.present[pairs])
+    smiles = ds.mol_smiles[ds.pair_mol[pairs]]
+    um = ds.doses_um[ds.pair_dose[pairs]]
     k = math.ceil(n / 100)
 
     c = sqlite3.connect(tmp_path / "science.db")
@@ -72,7 +89,7 @@ def test_sql_reproduces_the_reported_top1_recall(ext, tmp_path):
     mol, phen = manifest["molecule"], manifest["phenomics"]
     so = ort.InferenceSession(str(bundle / mol["onnx"]), providers=["CPUExecutionProvider"])
     sp = ort.InferenceSession(str(bundle / phen["onnx"]), providers=["CPUExecutionProvider"])
-    fp = prep.fp[scr.pair_mol[pairs]]
+    fp = prep.fp[ds.pair_mol[pairs]]
     conc = encode_concentration(mol["concentration"], um).astype(np.float32)
     zm = so.run([mol["output"]], {mol["input_fingerprint"]: fp, mol["input_concentration"]: conc})[0]
     norm = phen["normalization"]

@@ -1,4 +1,6 @@
-//! Helpers shared by the integration tests of phenix-sql (each test file uses a subset).
+//! Helpers shared by the integration tests of phenix-sql (each test file uses a subset): the one
+//! temporary-directory type, connections with phenix registered, the seeded vector generators
+//! (splitmix64 and xorshift64*), and vector encodings.
 #![allow(dead_code)]
 
 use rusqlite::Connection;
@@ -46,6 +48,25 @@ pub fn rand_vec(seed: u64, n: usize) -> Vec<f32> {
             ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect()
+}
+
+/// A deterministic pseudo-random vector (xorshift64*), elements in [-2, 2).
+pub fn xorshift_vec(seed: u64, dim: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..dim)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            let u = (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f64 / (1u64 << 24) as f64;
+            (u * 4.0 - 2.0) as f32
+        })
+        .collect()
+}
+
+/// The little-endian f32 bytes of `v` (a `float32` blob).
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// A vector as a JSON array.

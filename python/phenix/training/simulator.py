@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from molecules import MoleculeSet
+from .molecules import MoleculeSet
 
 
 @dataclass
@@ -101,6 +101,22 @@ class Screen:
     p_value: np.ndarray  # [n_pair]
     active: np.ndarray  # bool [n_pair] called active from replicates
     true_signal: np.ndarray = field(repr=False, default=None)  # [n_pair] ||phi||, for reporting only
+    plate_ctrl_mean: np.ndarray = field(repr=False, default=None)  # float64 [n_plates, D] DMSO mean per plate
+    control_plate: np.ndarray = field(repr=False, default=None)  # int [n_ctrl] plate of each control well
+    plate_batch: np.ndarray = field(repr=False, default=None)  # int [n_plates] experimental batch of each plate
+
+    @property
+    def present(self) -> np.ndarray:
+        """bool [n_pair, n_rep]: every replicate well exists in a simulated screen."""
+        return np.ones(self.profiles.shape[:2], bool)
+
+    def raw_profiles(self) -> np.ndarray:
+        """float32 [n_pair, n_rep, D]: the wells before plate normalisation (what an imaging pipeline
+        writes; ``phenix simulate`` exports these)."""
+        return (self.profiles + self.plate_ctrl_mean[self.well_plate]).astype(np.float32)
+
+    def raw_controls(self) -> np.ndarray:
+        return (self.controls + self.plate_ctrl_mean[self.control_plate]).astype(np.float32)
 
     @property
     def doses_um(self) -> np.ndarray:
@@ -238,7 +254,7 @@ def simulate(ms: MoleculeSet, cfg: SimConfig | None = None) -> Screen:
     # 6. activity calling from replicates only
     rep_sim, p, active = call_activity(profiles, pair_mol, cfg.active_p, cfg.n_null, rng)
     return Screen(cfg, mol_index, fp, ms.scaffolds[mol_index], mech, pair_mol, pair_dose, profiles, well_plate,
-                  controls, rep_sim, p, active, np.linalg.norm(phi, axis=1))
+                  controls, rep_sim, p, active, np.linalg.norm(phi, axis=1), ctrl_mean, ctrl_plate, plate_batch)
 
 
 def _mean_pairwise_cos(x: np.ndarray) -> np.ndarray:
@@ -269,7 +285,7 @@ if __name__ == "__main__":
     import json
     import time
 
-    from molecules import load_molecules
+    from .molecules import load_molecules
 
     t = time.time()
     scr = simulate(load_molecules())

@@ -1,10 +1,11 @@
-"""Train phenix's molecule <-> phenotype encoders on the simulated screen (MolPhenix recipe).
+"""The MolPhenix training recipe: splits, replicate averaging, training loop, evaluation.
 
-Default run (writes the shipped bundle, see docs/science.md for measured numbers and timings)::
+One implementation for every data source: ``phenix train`` builds a :class:`Dataset` from a wells table
+(``phenix.wells``), the tests and the ablation build one from the in-memory simulator
+(``Screen`` has the same attributes). Used by ``phenix train`` (see docs/cli.md); the science,
+parameters and measured numbers are in docs/science.md.
 
-    nice -n 10 .venv/bin/python models/training/train.py --out models/default
-
-Splits (from one ``--seed``):
+Splits (from one ``seed``):
 
 * ``scaffold``: Murcko-scaffold groups are shuffled and assigned to test (10 % of molecules),
   validation (10 %) and train (rest); acyclic molecules (empty scaffold) always train.
@@ -19,57 +20,32 @@ was called active from replicates.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import model as M  # noqa: E402
-from molecules import load_molecules  # noqa: E402
-from simulator import Screen, SimConfig, simulate  # noqa: E402
+from . import model as M  # noqa: E402
+from .split import scaffold_split  # noqa: E402,F401  (re-exported)
+from .recipe_config import TrainConfig  # noqa: E402,F401  (re-exported)
 
 TOP_X = (0.01, 0.05)
-
-
-@dataclass
-class TrainConfig:
-    loss: str = "infonce"
-    concentration: str = "one_hot"
-    averaging: str = "random_subset"  # none | mean | random_subset
-    seed: int = 0  # split + init + batches
-    steps: int = 3000
-    batch: int = 512
-    lr: float = 1e-3
-    warmup: int = 200
-    weight_decay: float = 0.05
-    dropout: float = 0.5  # on the hidden layer of both towers
-    hidden: int = 1024
-    dim: int = 256
-    tau: float = 0.6  # S2L / CWCL weight threshold
-    test_frac: float = 0.1
-    val_frac: float = 0.1
-    heldout_rep_frac: float = 0.1
 
 
 # ---------------------------------------------------------------- data preparation
 
 @dataclass
 class Prepared:
-    screen: Screen
+    screen: Any  # a Dataset or a simulator Screen (same attributes)
     split: np.ndarray  # per molecule: 0 train, 1 val, 2 test
     rep_holdout_mol: np.ndarray  # bool per molecule: last replicate withheld from training
     avail: np.ndarray  # bool [n_pair, n_rep] wells usable for training
@@ -80,38 +56,20 @@ class Prepared:
     fp: np.ndarray  # float32 [n_mol, n_bits]
 
 
-def scaffold_split(scaffolds: np.ndarray, seed: int, test_frac: float, val_frac: float) -> np.ndarray:
-    rng = np.random.default_rng(seed + 7919)
-    uniq, inv = np.unique(scaffolds, return_inverse=True)
-    n = len(scaffolds)
-    split = np.zeros(n, dtype=np.int64)
-    counts = np.bincount(inv)
-    n_test = n_val = 0
-    for g in rng.permutation(len(uniq)):
-        if uniq[g] == "":
-            continue
-        if n_test + counts[g] <= test_frac * n:
-            split[inv == g] = 2
-            n_test += counts[g]
-        elif n_val + counts[g] <= val_frac * n:
-            split[inv == g] = 1
-            n_val += counts[g]
-        if n_test >= test_frac * n - 1 and n_val >= val_frac * n - 1:
-            break
-    return split
-
-
-def prepare(screen: Screen, cfg: TrainConfig) -> Prepared:
-    n_mol = len(screen.mol_index)
-    n_rep = screen.profiles.shape[1]
+def prepare(screen: Any, cfg: TrainConfig) -> Prepared:
+    n_mol = len(screen.scaffolds)
     split = scaffold_split(screen.scaffolds, cfg.seed, cfg.test_frac, cfg.val_frac)
     rng = np.random.default_rng(cfg.seed + 104729)
     train_mols = np.flatnonzero(split == 0)
     hold = np.zeros(n_mol, bool)
     hold[rng.choice(train_mols, int(cfg.heldout_rep_frac * len(train_mols)), replace=False)] = True
-    avail = np.ones((len(screen.pair_mol), n_rep), bool)
-    avail[hold[screen.pair_mol], n_rep - 1] = False
-    train_pairs = np.flatnonzero(split[screen.pair_mol] == 0)
+    present = screen.present
+    avail = present.copy()
+    # the last present replicate of every pair of a held-out molecule (replicates are left-packed)
+    last = present.sum(1) - 1
+    rows = np.flatnonzero(hold[screen.pair_mol] & (last >= 0))
+    avail[rows, last[rows]] = False
+    train_pairs = np.flatnonzero((split[screen.pair_mol] == 0) & avail.any(1))
     w = screen.profiles[train_pairs][avail[train_pairs]]
     center = w.mean(0).astype(np.float32)
     scale = (w.std(0) + 1e-6).astype(np.float32)
@@ -142,8 +100,9 @@ def average_replicates(prof, avail, mode: str, rng) -> np.ndarray:
 # ---------------------------------------------------------------- training
 
 def train(prep: Prepared, cfg: TrainConfig, progress: bool = True, log_every: int = 250):
+    """Trains both towers; returns (params, concentration spec, {"train_seconds", "history"})."""
     scr = prep.screen
-    spec = M.concentration_spec(cfg.concentration, scr.config.doses_um)
+    spec = M.concentration_spec(cfg.concentration, scr.doses_um)
     dose_feats = M.encode_concentration(spec, scr.doses_um)
     key = jax.random.PRNGKey(cfg.seed)
     key, k0 = jax.random.split(key)
@@ -173,7 +132,7 @@ def train(prep: Prepared, cfg: TrainConfig, progress: bool = True, log_every: in
               disable=not progress, mininterval=2.0)
     run = 0.0
     for i in it:
-        b = tp[rng.choice(len(tp), cfg.batch, replace=False)]
+        b = tp[rng.choice(len(tp), min(cfg.batch, len(tp)), replace=False)]
         mol = scr.pair_mol[b]
         prof = average_replicates(prep.profiles[b], prep.avail[b], cfg.averaging, rng)
         # S2L / CWCL soft targets use the pair's mean over all its training replicates (the
@@ -227,17 +186,24 @@ def recall_at(r: np.ndarray, n_cand: int, x: float) -> float:
     return float(np.mean(r < math.ceil(x * n_cand))) if len(r) else float("nan")
 
 
+def replicate_mean(prof: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """[B, R, D] profiles, [B, R] mask -> [B, D] mean of the present replicates."""
+    m = present.astype(np.float32)
+    return ((prof * m[:, :, None]).sum(1) / np.maximum(m.sum(1, keepdims=True), 1)).astype(np.float32)
+
+
 def split_queries(prep: Prepared, which: str):
     """(query profiles, candidate pairs, index of the true candidate, active flag) for a split."""
     scr = prep.screen
-    R = scr.profiles.shape[1]
+    present = scr.present
     if which in ("scaffold", "val"):
         mols = np.flatnonzero(prep.split == (2 if which == "scaffold" else 1))
-        pairs = np.flatnonzero(np.isin(scr.pair_mol, mols))
-        q = prep.profiles[pairs].mean(1)
+        pairs = np.flatnonzero(np.isin(scr.pair_mol, mols) & present.any(1))
+        q = replicate_mean(prep.profiles[pairs], present[pairs])
     elif which == "unseen_replicates":
-        pairs = np.flatnonzero(prep.rep_holdout_mol[scr.pair_mol])
-        q = prep.profiles[pairs, R - 1]
+        last = present.sum(1) - 1
+        pairs = np.flatnonzero(prep.rep_holdout_mol[scr.pair_mol] & (last >= 1))
+        q = prep.profiles[pairs, last[pairs]]
     else:
         raise ValueError(which)
     return q, pairs, np.arange(len(pairs)), scr.active[pairs]
@@ -260,51 +226,3 @@ def evaluate(params, prep: Prepared, spec: dict, splits=("scaffold", "unseen_rep
             d["_active"] = act
         res[sp] = d
     return res
-
-
-# ---------------------------------------------------------------- CLI
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=None, help="write the bundle here (e.g. models/default)")
-    ap.add_argument("--data-seed", type=int, default=0)
-    ap.add_argument("--n-molecules", type=int, default=0, help="subsample molecules (0 = all)")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--metrics-json", type=Path, default=None)
-    for k, v in asdict(TrainConfig()).items():
-        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
-    a = ap.parse_args(argv)
-    cfg = TrainConfig(**{k: getattr(a, k) for k in asdict(TrainConfig())})
-    t0 = time.time()
-    ms = load_molecules()
-    scr = simulate(ms, SimConfig(seed=a.data_seed, n_molecules=a.n_molecules))
-    summ = scr.summary()
-    print("screen:", json.dumps(summ))
-    prep = prepare(scr, cfg)
-    t_sim = time.time() - t0
-    params, spec, info = train(prep, cfg, progress=not a.no_progress)
-    t1 = time.time()
-    metrics = evaluate(params, prep, spec, splits=("val", "scaffold", "unseen_replicates"))
-    t_eval = time.time() - t1
-    print(json.dumps(metrics, indent=1))
-    record = {"train_config": asdict(cfg), "sim_config": scr.config.to_dict(), "screen": summ, "metrics": metrics,
-              "timing_seconds": {"simulate_prepare": t_sim, "train": info["train_seconds"], "evaluate": t_eval},
-              "history": info["history"]}
-    if a.out is not None:
-        from export_onnx import export_bundle
-        cmd = "nice -n 10 .venv/bin/python models/training/train.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        diffs = export_bundle(params, prep, spec, cfg, a.out, command=cmd, data_seed=a.data_seed, metrics=metrics,
-                              screen_summary=summ)
-        record["onnx_max_abs_diff"] = diffs
-        print("onnx vs jax max abs diff:", diffs)
-    record["timing_seconds"]["total"] = time.time() - t0
-    if a.metrics_json:
-        a.metrics_json.parent.mkdir(parents=True, exist_ok=True)
-        a.metrics_json.write_text(json.dumps(record, indent=1))
-    print(f"total {time.time() - t0:.0f}s")
-    return record
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
-"""Reduced CI run of the training recipe (about 1-2 min on 2 cores).
+"""Reduced CI run of the training recipe on the in-memory simulator (about 1-2 min on 2 cores).
 
-    .venv/bin/python -m pytest models/training -q
+    .venv/bin/python -m pytest python/tests/test_recipe.py -q
 
 Checks, each against an independent reference:
 
@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "python"))
 
-import model as M  # noqa: E402
-import train as T  # noqa: E402
-from export_onnx import export_bundle, verify  # noqa: E402
-from molecules import DATA_DIR, load_molecules, morgan_fingerprints  # noqa: E402
-from simulator import SimConfig, call_activity, simulate  # noqa: E402
+from phenix.training import model as M  # noqa: E402
+from phenix.training import recipe as T  # noqa: E402
+from phenix.training.export import export_bundle, verify  # noqa: E402
+from phenix.training.molecules import DATA_DIR, load_molecules, morgan_fingerprints  # noqa: E402
+from phenix.training.simulator import SimConfig, call_activity, simulate  # noqa: E402
 
 CI_SIM = SimConfig(seed=0, n_molecules=6000)
 CI_TRAIN = T.TrainConfig(seed=0, steps=1200, batch=256)
@@ -144,8 +144,8 @@ def test_reduced_training_and_onnx_export(molecules, screen, tmp_path):
                        prep.profiles.shape[2], CI_TRAIN.hidden, CI_TRAIN.dim, CI_TRAIN.loss)
     assert T.evaluate(p0, prep, spec, splits=("scaffold",))["scaffold"]["top1_active"] < 0.05
 
-    diffs = export_bundle(params, prep, spec, CI_TRAIN, tmp_path, command="pytest", data_seed=0, metrics=m,
-                          screen_summary=screen.summary(), name="ci")
+    diffs = export_bundle(params, prep, spec, CI_TRAIN, tmp_path, command="pytest", metrics=m,
+                          training_data="reduced simulated screen", name="ci")
     assert max(diffs.values()) < 1e-5, diffs
     man = json.loads((tmp_path / "phenix-model.json").read_text())
     assert man["format_version"] == 1 and man["embedding"] == {"dim": 256, "distance": "cosine"}
@@ -169,7 +169,7 @@ def test_reduced_training_and_onnx_export(molecules, screen, tmp_path):
     # molecules and profiles like the training framework did (to float16 rounding).
     import sqlite3
 
-    lib = HERE.parents[1] / "target" / "release" / "libphenix.so"
+    lib = ROOT / "target" / "release" / "libphenix.so"
     assert lib.exists(), f"{lib} is missing: build it with `cargo build --release -p phenix-extension`"
     con = sqlite3.connect(":memory:")
     con.enable_load_extension(True)

@@ -10,7 +10,7 @@ files in the order approved drugs, NCI, WEHI) and computes for each molecule
 * the Bemis-Murcko scaffold (canonical SMILES of ``MurckoScaffold.GetScaffoldForMol``; acyclic
   molecules get the empty scaffold ``""``), used by the scaffold split.
 
-The result is cached as a compressed ``.npz`` under ``models/training/.cache/`` keyed by the
+The result is cached as a compressed ``.npz`` under ``~/.cache/phenix`` (``PHENIX_CACHE``) keyed by the
 size and mtime of the CSV files, so repeated runs skip RDKit (≈10 s).
 """
 
@@ -24,10 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = REPO_ROOT / "data" / "molecules"
-CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def _data_dir() -> Path:
+    """PHENIX_MOLECULES, else data/molecules of the current directory, else of this source checkout."""
+    if os.environ.get("PHENIX_MOLECULES"):
+        return Path(os.environ["PHENIX_MOLECULES"])
+    cwd = Path.cwd() / "data" / "molecules"
+    return cwd if (cwd / CSV_FILES[0]).exists() else REPO_ROOT / "data" / "molecules"
+
+
 CSV_FILES = ("approved_drugs.csv", "nci_5k.csv", "wehi_pains_test.csv")
+DATA_DIR = _data_dir()
+CACHE_DIR = Path(os.environ.get("PHENIX_CACHE", Path.home() / ".cache" / "phenix"))
 RADIUS = 2
 N_BITS = 2048
 
@@ -60,6 +70,16 @@ def morgan_fingerprints(smiles: list[str]) -> np.ndarray:
     return out
 
 
+def _check_data() -> None:
+    missing = [n for n in CSV_FILES if not (DATA_DIR / n).exists()]
+    if missing:
+        from phenix import PhenixError
+
+        raise PhenixError(f"the simulator's molecules are missing: {', '.join(str(DATA_DIR / n) for n in missing)} "
+                          "(run from a phenix checkout, or set PHENIX_MOLECULES to a directory with "
+                          f"{', '.join(CSV_FILES)})")
+
+
 def _cache_key() -> str:
     h = hashlib.sha256(f"v1 r{RADIUS} b{N_BITS}".encode())
     for name in CSV_FILES:
@@ -82,6 +102,7 @@ def _read_csvs() -> tuple[list[str], list[str]]:
 
 def load_molecules(use_cache: bool = True) -> MoleculeSet:
     """All unique, parseable molecules of ``data/molecules`` (about 17.5k)."""
+    _check_data()
     cache = CACHE_DIR / f"molecules-{_cache_key()}.npz"
     if use_cache and cache.exists():
         z = np.load(cache, allow_pickle=False)

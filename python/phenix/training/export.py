@@ -12,13 +12,14 @@ which is exactly ``model.mlp`` without dropout.  The profile normalisation (x - 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-import model as M
+from . import model as M
 
 OPSET = 17
 IR_VERSION = 9
@@ -87,12 +88,21 @@ def verify(mol_path: Path, phen_path: Path, params, spec: dict, fp: np.ndarray, 
     return {"molecule": float(np.abs(om - jm).max()), "phenomics": float(np.abs(op - jp).max())}
 
 
-def export_bundle(params, prep, spec: dict, cfg, out_dir: Path, command: str, data_seed: int, metrics: dict,
-                  screen_summary: dict, name: str = "default", version: str = "0.1.0") -> dict:
+def export_bundle(params, prep, spec: dict, cfg, out_dir: Path, command: str, metrics: dict, training_data: str,
+                  provenance: dict | None = None, features: list[str] | None = None,
+                  plate_normalization: dict | None = None, name: str = "default", version: str = "0.1.0") -> dict:
+    """Writes ``molecule.onnx``, ``phenomics.onnx`` and ``phenix-model.json`` into ``out_dir``.
+
+    ``features`` (the profile's feature names, in order) and ``plate_normalization`` (how wells were
+    normalised per plate before training) go into the manifest's ``phenomics`` object, so the bundle
+    knows its inputs. Returns the max |ONNX - JAX| per encoder on scaffold-test inputs.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_conc = M.n_concentration_features(spec)
     D = prep.profiles.shape[2]
+    if features is not None and len(features) != D:
+        raise ValueError(f"{len(features)} feature names for {D}-dimensional profiles")
     mol, phen = build_models(params, prep.fp.shape[1], n_conc, D)
     onnx.save(mol, out_dir / "molecule.onnx")
     onnx.save(phen, out_dir / "phenomics.onnx")
@@ -100,9 +110,11 @@ def export_bundle(params, prep, spec: dict, cfg, out_dir: Path, command: str, da
     # verification inputs: scaffold-test molecules at tested and off-grid concentrations, test profiles
     rng = np.random.default_rng(12345)
     test_mols = np.flatnonzero(prep.split == 2)
+    if len(test_mols) == 0:
+        test_mols = np.arange(len(prep.split))
     pick = rng.choice(test_mols, min(256, len(test_mols)), replace=False)
     conc = 10 ** rng.uniform(-2, 2, len(pick))
-    test_pairs = np.flatnonzero(prep.split[prep.screen.pair_mol] == 2)
+    test_pairs = np.flatnonzero(np.isin(prep.screen.pair_mol, test_mols) & prep.screen.present[:, 0])
     prof = prep.profiles[rng.choice(test_pairs, min(256, len(test_pairs)), replace=False), 0]
     diffs = verify(out_dir / "molecule.onnx", out_dir / "phenomics.onnx", params, spec, prep.fp[pick], conc, prof)
 
@@ -130,14 +142,10 @@ def export_bundle(params, prep, spec: dict, cfg, out_dir: Path, command: str, da
             "output": "embedding",
         },
         "provenance": {
-            "training_data": ("simulated phenomic screen (models/training/simulator.py, data seed "
-                              f"{data_seed}) on {screen_summary['n_molecules']} real molecules from data/molecules "
-                              "(ChEMBL approved drugs, RDKit NCI first 5K, RDKit WEHI PAINS test set); "
-                              "profiles are simulated, not measured"),
+            "training_data": training_data,
             "loss": cfg.loss,
             "command": command,
             "seed": cfg.seed,
-            "data_seed": data_seed,
             "split": (f"scaffold split (Murcko), seed {cfg.seed}: test {cfg.test_frac:.0%} / validation "
                       f"{cfg.val_frac:.0%} of molecules; unseen-replicates: last replicate of "
                       f"{cfg.heldout_rep_frac:.0%} of training molecules withheld"),
@@ -145,10 +153,15 @@ def export_bundle(params, prep, spec: dict, cfg, out_dir: Path, command: str, da
             "averaging": cfg.averaging,
             "steps": cfg.steps,
             "batch": cfg.batch,
-            "screen": screen_summary,
+            "train_config": asdict(cfg),
+            **(provenance or {}),
             "metrics": public_metrics,
             "onnx_max_abs_diff_vs_jax": diffs,
         },
     }
+    if features is not None:
+        manifest["phenomics"]["features"] = list(features)
+    if plate_normalization is not None:
+        manifest["phenomics"]["plate_normalization"] = plate_normalization
     (out_dir / "phenix-model.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return diffs
