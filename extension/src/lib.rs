@@ -61,7 +61,7 @@ pub unsafe extern "C" fn sqlite3_phenix_init(
             return ffi::SQLITE_ERROR;
         }
         // Routines newer than rusqlite's loadable bindings (sqlite3_vtab_in) are called through it.
-        phenix_sql::loading::set_host_api(p_api.cast());
+        phenix_sql::host::set_host_api(p_api.cast());
         // SAFETY: the host passed its own connection and API table; `init` only registers functions.
         unsafe { Connection::extension_init2(db, pz_err_msg, p_api, init) }
     };

@@ -43,7 +43,7 @@ fn routines() -> Option<(VtabIn, VtabInIter, VtabInIter)> {
 #[cfg(feature = "loadable")]
 fn routines() -> Option<(VtabIn, VtabInIter, VtabInIter)> {
     const _: () = assert!(std::mem::size_of::<usize>() == 8);
-    let api = crate::loading::host_api();
+    let api = crate::host::host_api();
     if api.is_null() {
         return None;
     }
