@@ -111,7 +111,10 @@ fn check_committed(
                 // old file is gone: check through this connection's open copy of it, if it has one.
                 if let Some(s) = registry::lookup_state(&names::key(db, &schema, &table)) {
                     if let Ok(st) = s.try_lock() {
-                        if st.usable().is_ok() && st.generation() == info.generation {
+                        if st.usable().is_ok()
+                            && st.generation() == info.generation
+                            && st.visible_rows() >= info.committed
+                        {
                             let mut store = st.store();
                             check_rows(conn, &schema, &table, &mut store, info.committed, &mut p)?;
                             return Ok(p);
@@ -126,6 +129,17 @@ fn check_committed(
             }
             match open_checked(&dbf, &table, &info, &mut p) {
                 Some(s) => s,
+                // Removed between the look above and the open (a compaction's clean-up): the same
+                // snapshot conflict, not damage.
+                None if std::fs::symlink_metadata(&path).is_err()
+                    && sidecar::newer_generation_exists(&dbf, &info.id, info.generation) =>
+                {
+                    return Err(Error::SnapshotConflict(format!(
+                        "phenix_check: this read transaction's snapshot names vector file generation {} of {table}, which a later compaction replaced; retry the transaction (busy)",
+                        info.generation
+                    ))
+                    .into());
+                }
                 None => return Ok(p),
             }
         }
