@@ -217,7 +217,7 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _build_one(path: str, batch: int, skip_bad_smiles: bool) -> dict:
+def _build_one(path: str, batch: int, skip_bad_smiles: bool, delay: float = 0.0) -> dict:
     """Embeds the molecules of one shard's ``shard_library`` into its phenix table, in batches of
     ``batch`` molecules, one transaction each; resumes after the last committed batch."""
     t0 = time.time()
@@ -270,6 +270,8 @@ def _build_one(path: str, batch: int, skip_bad_smiles: bool) -> dict:
                 conn.execute("ROLLBACK")
                 raise
             embedded += len(mols)
+            if delay:
+                time.sleep(delay)
         n_mol = conn.execute("SELECT count(*) FROM shard_library").fetchone()[0]
         n_rows = conn.execute(f"SELECT count(*) FROM {qt}").fetchone()[0]
         conn.execute("INSERT OR REPLACE INTO phenix_shard VALUES ('complete', 'true'), ('rows', ?)",
@@ -310,6 +312,8 @@ def _search_one(path: str, queries: np.ndarray, k: int, where: Optional[str], pa
     tname = table or sh.meta["table"]
     with sh.lock:
         c = sh.conn
+        if _metric(c, tname) == "cosine":
+            queries = _scaled(queries)
         if not sh.meta.get("complete"):
             sh.meta = _read_meta(c, path)
             if not sh.meta.get("complete"):
@@ -338,6 +342,27 @@ def _search_one(path: str, queries: np.ndarray, k: int, where: Optional[str], pa
         t2 = time.perf_counter()
     return {"index": sh.meta["index"], "n_shards": sh.meta["n_shards"], "path": path, "ids": ids,
             "distances": dist, "phenix_seconds": t2 - t1, "task_seconds": t2 - t0, "worker_pid": os.getpid()}
+
+
+def _metric(conn: sqlite3.Connection, table: str) -> str:
+    """The distance of phenix table ``table`` from its CREATE statement (cosine when not given)."""
+    import re
+
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    m = re.search(r"distance\s*=\s*([A-Za-z0-9]+)", row[0] if row and row[0] else "")
+    return m.group(1).lower() if m else "cosine"
+
+
+def _scaled(queries: np.ndarray) -> np.ndarray:
+    """Each query divided by its largest |element| (in float64, then float32), as phenix's exact KNN
+    ranking scales a cosine query before scoring (sql/src/table/rank.rs). Cosine distances do not
+    change, but their last float32 bit then no longer depends on which of phenix_retrieve_all's paths
+    (batched, or re-ranked exactly after a near-tie) a query took in this shard: every shard, and one
+    table, score a (query, row) pair to the same bits."""
+    q = queries.astype(np.float64)
+    m = np.abs(q).max(axis=1, keepdims=True)
+    m[(m == 0) | ~np.isfinite(m)] = 1.0
+    return (q / m).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------ driver side
@@ -421,14 +446,15 @@ def _partition(library: str, out: Path, n_shards: int, doses: list[float], model
 def build_shards(library: str, out_dir: Union[str, os.PathLike], n_shards: int, doses: Sequence[float], *,
                  client: Union[str, Any] = "local:3", model: str = "default", table: str = "screen",
                  smiles_column: str = "smiles", id_column: Optional[str] = "id", batch: int = 4096,
-                 skip_bad_smiles: bool = False, progress: bool = True) -> dict:
+                 skip_bad_smiles: bool = False, progress: bool = True, _batch_delay: float = 0.0) -> dict:
     """Splits ``library`` (a .csv/.csv.gz/.parquet/.smi file, as ``phenix screen --library``) into
     ``n_shards`` phenix shard databases under ``out_dir`` and embeds every molecule at every dose (µM)
     on the cluster: one task per shard, ``phenix_embed_molecules`` inside SQL on the worker.
 
     ``client``: a Dask ``Client``, ``local:N`` or a scheduler address (:func:`client_for`). Re-running
     with the same arguments resumes: partitioned shards are kept, each shard continues after its last
-    committed batch. Returns per-shard statistics and the shard paths.
+    committed batch. Returns per-shard statistics and the shard paths. ``_batch_delay`` (seconds a
+    worker sleeps after each committed batch) is a test seam for killing a worker mid-build.
     """
     if n_shards < 1:
         raise PhenixError(f"n_shards must be at least 1, got {n_shards}")
@@ -450,7 +476,7 @@ def build_shards(library: str, out_dir: Union[str, os.PathLike], n_shards: int, 
 
     with client_for(client) as cl:
         distributed = _distributed()
-        futs = [cl.submit(_build_one, p, batch, skip_bad_smiles, pure=False,
+        futs = [cl.submit(_build_one, p, batch, skip_bad_smiles, _batch_delay, pure=False,
                           key=f"phenix-build-{os.path.basename(p)}-{time.time_ns()}") for p in paths]
         stats = []
         bar = tqdm(total=len(futs), desc="building shards", unit="shard", disable=not progress)
