@@ -80,38 +80,9 @@ pub fn json(v: &[f32]) -> String {
     )
 }
 
-/// `v` as a float16 column stores it when written as JSON ([`json`]).
+/// `v` rounded through f16.
 pub fn f16r(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| f16_of_json(x).to_f32()).collect()
-}
-
-/// The float16 a float16 column stores for `x` written by [`json`]: JSON is rounded once, from its
-/// decimal text to the nearest float16 (not through float32, which can round differently at a tie).
-pub fn f16_of_json(x: f32) -> half::f16 {
-    let d: f64 = x.to_string().parse().expect("a decimal");
-    // The nearest float16 to `d` by exact distance, ties to even (`half`'s `from_f64` rounds through
-    // f32, twice): `from_f64` lands within one step, so the answer is it or a neighbour.
-    let a = half::f16::from_f64(d);
-    let step = |h: half::f16, up: bool| {
-        let b = h.to_bits();
-        let away = up == (b & 0x8000 == 0);
-        half::f16::from_bits(if b & 0x7fff == 0 && !away {
-            (b ^ 0x8000) + 1
-        } else if away {
-            b + 1
-        } else {
-            b - 1
-        })
-    };
-    [step(a, false), a, step(a, true)]
-        .into_iter()
-        .filter(|h| h.is_finite())
-        .min_by(|p, q| {
-            let (dp, dq) = ((p.to_f64() - d).abs(), (q.to_f64() - d).abs());
-            dp.total_cmp(&dq)
-                .then((p.to_bits() & 1).cmp(&(q.to_bits() & 1)))
-        })
-        .expect("a finite neighbour")
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
 }
 
 /// The float16 bytes phenix stores for `v` written as [`json`] text: each decimal is rounded once,
@@ -157,7 +128,7 @@ pub fn nearest_f16(d: f64) -> half::f16 {
 /// The little-endian f16 bytes of `v` (what a float16 column returns).
 pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
     v.iter()
-        .flat_map(|&x| f16_of_json(x).to_le_bytes())
+        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
         .collect()
 }
 
