@@ -79,9 +79,10 @@ pub(crate) fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec
     held.next()?;
     let mut p = check_committed(conn, &schema, &table, db)?;
     drop(held);
-    if !p.is_empty() {
-        p.push(format!(
-            "to recover: restore the database together with its sidecar directory from a backup (phenix_backup), or DROP TABLE {table} (which works on a damaged table) and load the rows again"
+    // The way out, on the last problem's line (one line per problem, like PRAGMA integrity_check).
+    if let Some(last) = p.last_mut() {
+        last.push_str(&format!(
+            "; to recover: restore the database with its sidecar directory from a backup (phenix_backup), or DROP TABLE {table} (works on a damaged table) and load the rows again"
         ));
     }
     Ok(p)
@@ -110,7 +111,10 @@ fn check_committed(
                 // old file is gone: check through this connection's open copy of it, if it has one.
                 if let Some(s) = registry::lookup_state(&names::key(db, &schema, &table)) {
                     if let Ok(st) = s.try_lock() {
-                        if st.usable().is_ok() && st.generation() == info.generation {
+                        if st.usable().is_ok()
+                            && st.generation() == info.generation
+                            && st.visible_rows() >= info.committed
+                        {
                             let mut store = st.store();
                             check_rows(conn, &schema, &table, &mut store, info.committed, &mut p)?;
                             return Ok(p);
@@ -125,6 +129,17 @@ fn check_committed(
             }
             match open_checked(&dbf, &table, &info, &mut p) {
                 Some(s) => s,
+                // Removed between the look above and the open (a compaction's clean-up): the same
+                // snapshot conflict, not damage.
+                None if std::fs::symlink_metadata(&path).is_err()
+                    && sidecar::newer_generation_exists(&dbf, &info.id, info.generation) =>
+                {
+                    return Err(Error::SnapshotConflict(format!(
+                        "phenix_check: this read transaction's snapshot names vector file generation {} of {table}, which a later compaction replaced; retry the transaction (busy)",
+                        info.generation
+                    ))
+                    .into());
+                }
                 None => return Ok(p),
             }
         }

@@ -322,7 +322,18 @@ fn search_all(
         let mut p = SearchParams::new(k.saturating_add(1));
         p.candidates = Candidates::Bitmap(live.bitmap());
         p.threads = threads;
-        search_batch(&view, qvecs, &p).map_err(|e| Error::store(format!("{f}: "), e))?
+        // Each query scaled as MATCH scales it (cosine: by its largest magnitude), so the batch
+        // scores the same vectors MATCH and the exact re-rank below do.
+        let metric = view.layout().metric();
+        let scaled: Vec<f32> = if qdim == 0 {
+            qvecs.to_vec()
+        } else {
+            qvecs
+                .chunks(qdim)
+                .flat_map(|q| rank::scaled_query(q, metric))
+                .collect()
+        };
+        search_batch(&view, &scaled, &p).map_err(|e| Error::store(format!("{f}: "), e))?
     };
     let mut out = Vec::new();
     for (qi, hs) in hits.into_iter().enumerate() {
