@@ -48,15 +48,27 @@ pub fn rand_vec(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// A vector as a JSON array.
+/// A vector as a JSON array, each element written as its exact decimal value (not the shortest
+/// text that reads back as the same f32). phenix rounds JSON numbers bound for a float16 column once,
+/// from the decimal, to the nearest float16; the shortest text of an f32 that lies exactly halfway
+/// between two float16 values is a little off the halfway point and would round to a neighbour of
+/// what `f16::from_f32` (ties to even) gives. Exact text rounds like the f32 itself.
 pub fn json(v: &[f32]) -> String {
     format!(
         "[{}]",
         v.iter()
-            .map(|x| x.to_string())
+            .map(|&x| exact_decimal(x))
             .collect::<Vec<_>>()
             .join(",")
     )
+}
+
+/// The exact decimal value of `x` (every f32 is a finite binary fraction), e.g. `0.100000001490116119384765625`.
+pub fn exact_decimal(x: f32) -> String {
+    // 150 fractional digits hold every f32 exactly (the smallest subnormal has 149 binary places).
+    let s = format!("{:.150}", f64::from(x));
+    let s = s.trim_end_matches('0');
+    s.strip_suffix('.').unwrap_or(s).to_string()
 }
 
 /// `v` rounded through f16.
