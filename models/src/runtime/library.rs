@@ -29,7 +29,7 @@ pub fn runtime_library_file_name() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LibrarySource {
-    /// [`RuntimeOptions::library_path`].
+    /// [`RuntimeOptions::library_path`](super::RuntimeOptions::library_path).
     Options,
     /// `$ORT_DYLIB_PATH`.
     OrtDylibPath,
@@ -46,7 +46,7 @@ pub enum LibrarySource {
 /// used, except that an explicit path (options or `$ORT_DYLIB_PATH`) is used alone: if it is
 /// wrong, loading fails instead of silently picking another library.
 ///
-/// 1. `explicit` ([`RuntimeOptions::library_path`]);
+/// 1. `explicit` ([`RuntimeOptions::library_path`](super::RuntimeOptions::library_path));
 /// 2. `$ORT_DYLIB_PATH`, if set and non-empty;
 /// 3. `$PHENIX_ROOT/.ort/libonnxruntime.so`, if `PHENIX_ROOT` is set;
 /// 4. `libonnxruntime.so` and `.ort/libonnxruntime.so` in the directory of the module that

@@ -6,7 +6,7 @@
 //! the life of the process (ONNX Runtime's API table is process-global).
 //!
 //! Every call into `ort` runs inside `catch_unwind`, so a panic in `ort` (it panics when its
-//! library is missing) becomes an [`Error`] instead of unwinding into the caller (or across an
+//! library is missing) becomes an [`Error`](crate::Error) instead of unwinding into the caller (or across an
 //! FFI boundary such as SQLite's).
 //!
 //! The parts: [`library`] (finding and loading the shared library), [`options`]

@@ -66,7 +66,7 @@ impl Default for RuntimeOptions {
 }
 
 impl RuntimeOptions {
-    /// Use this ONNX Runtime library file, before every other place (see [`runtime_library_candidates`]).
+    /// Use this ONNX Runtime library file, before every other place (see [`runtime_library_candidates`](super::runtime_library_candidates)).
     pub fn library_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.library_path = Some(path.into());
         self

@@ -118,9 +118,8 @@ pub(crate) fn unregister_state(k: &Key) {
         .remove(k);
 }
 
-/// Threads a KNN scan may use (read once: `available_parallelism` reads cgroup files on Linux, which
-/// costs tens of microseconds per call).
+/// Threads a KNN scan may use: the process-wide cap of `settings` (`phenix_set_threads`), else one per
+/// core (read once: `available_parallelism` reads cgroup files on Linux).
 pub(crate) fn search_threads() -> usize {
-    static T: OnceLock<usize> = OnceLock::new();
-    *T.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    crate::settings::knn_threads()
 }

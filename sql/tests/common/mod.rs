@@ -69,60 +69,32 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// A vector as a JSON array.
+/// A vector as a JSON array, each element written as its exact decimal value (not the shortest
+/// text that reads back as the same f32). phenix rounds JSON numbers bound for a float16 column once,
+/// from the decimal, to the nearest float16; the shortest text of an f32 that lies exactly halfway
+/// between two float16 values is a little off the halfway point and would round to a neighbour of
+/// what `f16::from_f32` (ties to even) gives. Exact text rounds like the f32 itself.
 pub fn json(v: &[f32]) -> String {
     format!(
         "[{}]",
         v.iter()
-            .map(|x| x.to_string())
+            .map(|&x| exact_decimal(x))
             .collect::<Vec<_>>()
             .join(",")
     )
 }
 
+/// The exact decimal value of `x` (every f32 is a finite binary fraction), e.g. `0.100000001490116119384765625`.
+pub fn exact_decimal(x: f32) -> String {
+    // 150 fractional digits hold every f32 exactly (the smallest subnormal has 149 binary places).
+    let s = format!("{:.150}", f64::from(x));
+    let s = s.trim_end_matches('0');
+    s.strip_suffix('.').unwrap_or(s).to_string()
+}
+
 /// `v` rounded through f16.
 pub fn f16r(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
-}
-
-/// The float16 bytes phenix stores for `v` written as [`json`] text: each decimal is rounded once,
-/// to the nearest float16 (not through float32, which can round a float16 midpoint the other way).
-#[allow(dead_code)]
-pub fn json_f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|&x| {
-            let d: f64 = x.to_string().parse().expect("a decimal");
-            nearest_f16(d).to_le_bytes()
-        })
-        .collect()
-}
-
-/// `v` as phenix stores it when written as [`json`] text: each decimal rounded once to float16.
-#[allow(dead_code)]
-pub fn json_f16r(v: &[f32]) -> Vec<f32> {
-    v.iter()
-        .map(|&x| nearest_f16(x.to_string().parse().expect("a decimal")).to_f32())
-        .collect()
-}
-
-/// The float16 nearest to `d`, ties to even, computed by comparing neighbours in f64 (`half`'s
-/// `from_f64` goes through float32 where F16C is used, which rounds twice).
-#[allow(dead_code)]
-pub fn nearest_f16(d: f64) -> half::f16 {
-    let a = half::f16::from_f64(d).to_bits();
-    let mut best: Option<(f64, u16)> = None;
-    for bits in [a.wrapping_sub(1), a, a.wrapping_add(1)] {
-        let c = half::f16::from_bits(bits);
-        if !c.is_finite() || (c.to_f64() < 0.0) != (d < 0.0) && c.to_f64() != 0.0 {
-            continue;
-        }
-        let err = (c.to_f64() - d).abs();
-        best = match best {
-            Some((e, b)) if e < err || (e == err && b & 1 == 0) => Some((e, b)),
-            _ => Some((err, bits)),
-        };
-    }
-    half::f16::from_bits(best.expect("a finite candidate").1)
 }
 
 /// The little-endian f16 bytes of `v` (what a float16 column returns).
