@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
 
-from molecules import load_molecules  # noqa: E402
-from simulator import SimConfig, simulate  # noqa: E402
+from phenix.training.molecules import load_molecules  # noqa: E402
+from phenix.training.simulator import SimConfig, simulate  # noqa: E402
 
 COMPARTMENTS = ("Cells", "Nuclei", "Cytoplasm")
 KINDS = ("AreaShape", "Intensity", "Texture")
