@@ -125,7 +125,7 @@ def bench_screen(a) -> None:
                 good.append((i, s))
             except Exception:
                 pass
-        good = good[:a.molecules]
+        good = [(f"{i}#{r}", s) for r in range(a.repeat) for i, s in good[:a.molecules]]
         with open(lib, "w", newline="") as f:
             w = csvmod.writer(f)
             w.writerow(["id", "smiles"])
@@ -134,7 +134,7 @@ def bench_screen(a) -> None:
 import time
 from phenix.pipeline import run_screen
 t = time.time()
-r = run_screen({str(Path(td) / 'a.db')!r}, 'default', {str(lib)!r}, [1.0], progress=False, log=lambda m: None)
+r = run_screen({str(Path(td) / 'a.db')!r}, 'default', {str(lib)!r}, [1.0], batch={a.batch_size}, progress=False, log=lambda m: None)
 RESULT = dict(seconds=time.time() - t, n=r['candidates'])
 """)
         sq = child(f"""
@@ -150,7 +150,7 @@ c.commit()
 RESULT = dict(seconds=time.time() - t, n=c.execute('SELECT count(*) FROM screen').fetchone()[0])
 """)
     print("| path | candidates | seconds | molecules/s |\n|---|---|---|---|")
-    for name, r in (("phenix screen --batch-size 4096 (CSV library, one transaction per batch)", sc),
+    for name, r in ((f"phenix screen --batch-size {a.batch_size} (CSV library, one transaction per batch)", sc),
                     ("INSERT ... SELECT FROM phenix_embed_molecules (one statement)", sq)):
         print(f"| {name} | {r['n']:,} | {r['seconds']:.1f} | {r['n'] / r['seconds']:,.0f} |")
     print(f"ratio screen/SQL throughput: {sq['seconds'] / sc['seconds']:.2f}x")
@@ -165,6 +165,8 @@ def main():
     p.add_argument("--only-phenix", action="store_true", help="skip the pandas baseline (peak RSS at large sizes)")
     p = sub.add_parser("screen")
     p.add_argument("--molecules", type=int, default=17480)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--repeat", type=int, default=1, help="repeat the library (amortises fixed costs)")
     a = ap.parse_args()
     os.environ.setdefault("ORT_DYLIB_PATH", str(ROOT / ".ort" / "libonnxruntime.so"))
     (bench_import if a.what == "import" else bench_screen)(a)
