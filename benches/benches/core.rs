@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use faer::{Accum, MatMut, MatRef, Par};
 use phenix_benches::{random_store, random_vec, read_and_sum};
-use phenix_core::batch::{search_batch, TILE_ROWS};
+use phenix_core::batch::{search_batch_with, BatchPath, TILE_ROWS};
 use phenix_core::topk::{search, SearchParams};
 use phenix_core::{ElemType, Kernels, Metric};
 use std::hint::black_box;
@@ -73,8 +73,9 @@ fn exact_topk(c: &mut Criterion) {
     }
 }
 
-/// 1,000 queries at once: phenix's batched top-10 vs faer's GEMM alone on the same shapes (f32 tiles
-/// already converted, no selection), both on 1 and 2 threads.
+/// 1,000 queries at once: phenix's batched top-10 on every path this CPU runs (GEMM, AVX512-BF16, AMX)
+/// vs faer's GEMM alone on the same shapes (f32 tiles already converted, no selection), on 1 and 2
+/// threads.
 fn batched(c: &mut Criterion) {
     let rows = if quick() { 100_000 } else { 1_000_000 };
     let (dim, nq) = (256usize, 1000usize);
@@ -88,14 +89,18 @@ fn batched(c: &mut Criterion) {
     g.throughput(Throughput::Elements(flops as u64));
     let xt: Vec<f32> = random_vec(3, TILE_ROWS * dim);
     for threads in [1usize, 2] {
-        g.bench_function(
-            BenchmarkId::new("phenix_search_batch_top10", threads),
-            |b| {
-                let mut p = SearchParams::new(10);
-                p.threads = threads;
-                b.iter(|| black_box(search_batch(&view, &queries, &p).expect("batch")))
-            },
-        );
+        for path in BatchPath::available() {
+            g.bench_function(
+                BenchmarkId::new(format!("phenix_top10_{}", path.name()), threads),
+                |b| {
+                    let mut p = SearchParams::new(10);
+                    p.threads = threads;
+                    b.iter(|| {
+                        black_box(search_batch_with(&view, &queries, &p, path).expect("batch"))
+                    })
+                },
+            );
+        }
         g.bench_function(BenchmarkId::new("faer_gemm_only", threads), |b| {
             let qt = MatRef::from_row_major_slice(&queries, nq, dim).transpose();
             let tiles = rows / TILE_ROWS;

@@ -1,4 +1,4 @@
-//! The phenix vs sqlite-vec comparison harness (issue 7): seeded data, the SQL both engines are driven
+//! The phenix vs sqlite-vec comparison harness: seeded data, the SQL both engines are driven
 //! with, and the agreement measure between their result sets. Used by the runner
 //! (`src/bin/compare.rs`) and the criterion bench (`benches/compare.rs`).
 
@@ -120,13 +120,6 @@ impl Data {
     }
 }
 
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn normalise(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {
@@ -139,9 +132,9 @@ fn gaussian(seed: u64, n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n + 1);
     let mut s = seed;
     while out.len() < n {
-        s = splitmix(s);
+        s = crate::splitmix64(s);
         let u1 = ((s >> 11) as f64 + 1.0) / (1u64 << 53) as f64; // (0, 1]
-        s = splitmix(s);
+        s = crate::splitmix64(s);
         let u2 = (s >> 11) as f64 / (1u64 << 53) as f64;
         let r = (-2.0 * u1.ln()).sqrt();
         let t = std::f64::consts::TAU * u2;
@@ -169,7 +162,7 @@ fn point(data: Data, seed: u64, dim: usize) -> Vec<f32> {
     let mut v = match data {
         Data::Random => random_vec(seed.wrapping_mul(0x2545_F491_4F6C_DD1D), dim),
         Data::Clustered => {
-            let c = splitmix(seed ^ 0xC1u64) % CLUSTERS;
+            let c = crate::splitmix64(seed ^ 0xC1u64) % CLUSTERS;
             let mut v = random_vec((c + 1).wrapping_mul(0x5851_F42D_4C95_7F2D), dim);
             normalise(&mut v);
             let sd = 0.5 / (dim as f32).sqrt();
@@ -185,7 +178,7 @@ fn point(data: Data, seed: u64, dim: usize) -> Vec<f32> {
 
 /// The metadata value of row `id`: uniform over 0..100, independent of the vector.
 pub fn cat(id: u64) -> i64 {
-    (splitmix(id ^ 0xCA7_CA7) % 100) as i64
+    (crate::splitmix64(id ^ 0xCA7_CA7) % 100) as i64
 }
 
 /// A vector as an f32 little-endian blob (sqlite-vec's format; phenix reads it too).

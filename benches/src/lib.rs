@@ -4,16 +4,23 @@
 use phenix_core::store::{Layout, VectorStore};
 use phenix_core::{ElemType, Metric};
 
+/// One splitmix64 step: the output for state `x` (the next state is `x + 0x9E37_79B9_7F4A_7C15`).
+/// The one copy of the generator in this crate.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// splitmix64 uniform values in [-1, 1).
 pub fn random_vec(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
+            let z = splitmix64(s);
             s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect()
 }

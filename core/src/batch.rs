@@ -1,34 +1,138 @@
-//! Top-k for many queries at once, through blocked GEMM.
+//! Top-k for many queries at once.
 //!
-//! Rows are taken in tiles of [`TILE_ROWS`]; each tile is widened to `f32` (F16C/AVX-512 conversion via
-//! `half`), multiplied against all queries with faer's GEMM (`tile × dim` · `dim × queries`), and every
-//! query's column of scores is turned into distances and offered to that query's [`TopK`]. Tiles are
-//! split over threads; per-thread collectors are merged at the end.
+//! Two kinds of path, chosen per call by [`BatchPath`]:
 //!
-//! The rows returned are those of [`crate::topk::search`] for each query. Distances come from GEMM and
-//! so differ from the one-query kernels by float rounding; the final hits are re-scored with the
-//! one-query kernels, so the reported distances are exactly the one-query path's, and only rows whose
-//! GEMM distances tie within rounding (~1e-6) at the k-th place can differ.
+//! - **Reduced precision** ([`BatchPath::Amx`], [`BatchPath::Avx512Bf16`]; `float16` stores): rows and
+//!   queries are rounded to `bf16` and scored on the CPU's matrix unit with `f32` accumulation; a rigorous
+//!   error bound keeps, per query, every row that could still be in the exact top-k, and those are
+//!   re-scored with the one-query kernels. The result equals [`crate::topk::search`] for every query
+//!   (rows, distances and tie order). The bound and its proof: docs/design.md, "Reduced-precision batch
+//!   scoring".
+//! - **`f32` GEMM** ([`BatchPath::Gemm`], every CPU and element type): rows are taken in tiles of
+//!   [`TILE_ROWS`], widened to `f32`, multiplied against all queries with faer's GEMM, and every query's
+//!   column of scores is turned into distances and offered to that query's [`TopK`]. The final hits are
+//!   re-scored with the one-query kernels, so reported distances are exactly the one-query path's; only
+//!   rows whose GEMM distances tie within rounding (~1e-6) at the k-th place can differ.
+//!
+//! Tiles (or row blocks) are split over threads; per-thread collectors are merged at the end.
 
 use crate::bitmap::Bitmap;
 use crate::error::{Error, Result};
 use crate::kernels::{Kernels, Row};
+use crate::lowp::{self, Unit};
 use crate::store::RowsView;
 use crate::topk::{Candidates, Hit, SearchParams, TopK};
-use crate::types::Metric;
+use crate::types::{ElemType, Metric};
 use faer::{Accum, MatMut, MatRef, Par};
 use half::slice::HalfFloatSliceExt;
+
+/// Which batched path to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BatchPath {
+    /// The fastest path this CPU supports for the call's shape: AMX, then AVX512-BF16, then GEMM.
+    /// `PHENIX_BATCH_PATH=gemm|amx|avx512bf16` overrides it (for tests and benchmarks).
+    Auto,
+    /// `f32` GEMM (faer); every CPU, every element type.
+    Gemm,
+    /// AMX-BF16 tiles with an exact re-rank (`float16` stores; Intel Sapphire Rapids and later, Linux
+    /// granting the tile state).
+    Amx,
+    /// AVX512-BF16 `vdpbf16ps` with an exact re-rank (`float16` stores; AMD Zen 4, Intel Cooper Lake and
+    /// later).
+    Avx512Bf16,
+}
+
+impl BatchPath {
+    /// The concrete paths this CPU (and OS) can run, GEMM first.
+    pub fn available() -> Vec<BatchPath> {
+        [BatchPath::Gemm, BatchPath::Avx512Bf16, BatchPath::Amx]
+            .into_iter()
+            .filter(|p| p.supported())
+            .collect()
+    }
+
+    /// Whether this CPU (and, for AMX, the OS permission) allows the path.
+    pub fn supported(self) -> bool {
+        match self {
+            BatchPath::Auto | BatchPath::Gemm => true,
+            BatchPath::Amx => Unit::Amx.supported(),
+            BatchPath::Avx512Bf16 => Unit::Avx512Bf16.supported(),
+        }
+    }
+
+    /// A short name (`auto`, `gemm`, `amx`, `avx512bf16`), also what `PHENIX_BATCH_PATH` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchPath::Auto => "auto",
+            BatchPath::Gemm => "gemm",
+            BatchPath::Amx => "amx",
+            BatchPath::Avx512Bf16 => "avx512bf16",
+        }
+    }
+
+    /// Parses [`BatchPath::name`].
+    pub fn parse(s: &str) -> Option<BatchPath> {
+        [
+            BatchPath::Auto,
+            BatchPath::Gemm,
+            BatchPath::Amx,
+            BatchPath::Avx512Bf16,
+        ]
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// The path `PHENIX_BATCH_PATH` names, if it names one this CPU supports; otherwise `Auto`.
+    fn from_env() -> BatchPath {
+        static ENV: std::sync::OnceLock<BatchPath> = std::sync::OnceLock::new();
+        *ENV.get_or_init(|| {
+            std::env::var("PHENIX_BATCH_PATH")
+                .ok()
+                .and_then(|v| BatchPath::parse(&v))
+                .filter(|p| p.supported())
+                .unwrap_or(BatchPath::Auto)
+        })
+    }
+}
+
+/// What a batched search did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchStats {
+    /// The path that ran (never `Auto`).
+    pub path: BatchPath,
+    /// Query × row pairs re-scored with the one-query kernels after the reduced-precision filter
+    /// (0 on the GEMM path, which re-scores only its `k` winners per query).
+    pub rescored: u64,
+    /// Query × row pairs scored in all (queries × rows of the view).
+    pub scored: u64,
+}
+
+/// Largest `k` the reduced-precision paths take under [`BatchPath::Auto`]: beyond it most rows are
+/// candidates anyway and the exact GEMM scores are cheaper to use directly.
+const AUTO_MAX_K: usize = 4096;
 
 /// Rows per GEMM tile (1024 × 256 dims × 4 bytes = 1 MiB, which stays in L2).
 pub const TILE_ROWS: usize = 1024;
 
 /// For each of the `queries.len() / dim` queries (row-major), its `k` nearest rows. Takes the same
-/// parameters as [`crate::topk::search`]; `kernels` chooses the path that norms and re-scores.
+/// parameters as [`crate::topk::search`]; `kernels` chooses the one-query kernels that norm and re-score.
+/// Runs [`BatchPath::Auto`].
 pub fn search_batch(
     view: &RowsView<'_>,
     queries: &[f32],
     p: &SearchParams<'_>,
 ) -> Result<Vec<Vec<Hit>>> {
+    Ok(search_batch_with(view, queries, p, BatchPath::Auto)?.0)
+}
+
+/// [`search_batch`] on a chosen path, with what it did. A reduced-precision path on a `float32` store
+/// runs GEMM instead (the stats say so); a path this CPU cannot run is an error.
+pub fn search_batch_with(
+    view: &RowsView<'_>,
+    queries: &[f32],
+    p: &SearchParams<'_>,
+    path: BatchPath,
+) -> Result<(Vec<Vec<Hit>>, BatchStats)> {
     let layout = view.layout();
     let dim = layout.dim();
     if !queries.len().is_multiple_of(dim) {
@@ -40,6 +144,9 @@ pub fn search_batch(
     if p.k == 0 {
         return Err(Error::InvalidArgument("k must be at least 1".into()));
     }
+    if p.max_distance.is_some_and(f32::is_nan) {
+        return Err(Error::InvalidArgument("distance threshold is NaN".into()));
+    }
     if let Some(i) = queries.iter().position(|x| !x.is_finite()) {
         return Err(Error::InvalidArgument(format!(
             "query {} element {} is {} (queries must be finite)",
@@ -48,18 +155,47 @@ pub fn search_batch(
             queries[i]
         )));
     }
+    if let Candidates::Slots(s) = p.candidates {
+        if s.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::InvalidArgument(
+                "candidate slots must be ascending and distinct".into(),
+            ));
+        }
+    }
+    if !path.supported() {
+        return Err(Error::InvalidArgument(format!(
+            "batch path {} is not supported on this CPU",
+            path.name()
+        )));
+    }
     let nq = queries.len() / dim;
     let metric = p.metric.unwrap_or(layout.metric());
     let kernels = p.kernels.unwrap_or_else(Kernels::best);
-    if nq == 0 {
-        return Ok(Vec::new());
-    }
-    let qnorm: Vec<f32> = queries
-        .chunks_exact(dim)
-        .map(|q| kernels.norm_squared(q).sqrt())
-        .collect();
-
     let rows = view.rows();
+    let scored = (nq as u64).saturating_mul(rows as u64);
+    let path = match path {
+        BatchPath::Auto => match BatchPath::from_env() {
+            BatchPath::Auto => {
+                // The units pay once the bf16 rounding of the rows is shared by a few queries.
+                if p.k > AUTO_MAX_K || nq < 4 || rows < 1024 {
+                    BatchPath::Gemm
+                } else if BatchPath::Amx.supported() {
+                    BatchPath::Amx
+                } else if BatchPath::Avx512Bf16.supported() {
+                    BatchPath::Avx512Bf16
+                } else {
+                    BatchPath::Gemm
+                }
+            }
+            forced => forced,
+        },
+        other => other,
+    };
+    let unit = match path {
+        BatchPath::Amx => Some(Unit::Amx),
+        BatchPath::Avx512Bf16 => Some(Unit::Avx512Bf16),
+        _ => None,
+    };
     let slot_bitmap;
     let allow: Option<&Bitmap> = match p.candidates {
         Candidates::All => None,
@@ -69,6 +205,69 @@ pub fn search_batch(
             Some(&slot_bitmap)
         }
     };
+    if let (Some(unit), ElemType::F16) = (unit, layout.elem()) {
+        if nq == 0 {
+            return Ok((
+                Vec::new(),
+                BatchStats {
+                    path,
+                    rescored: 0,
+                    scored,
+                },
+            ));
+        }
+        let out = lowp::search_batch(unit, view, queries, p, metric, kernels, allow);
+        return Ok((
+            out.hits,
+            BatchStats {
+                path,
+                rescored: out.rescored,
+                scored,
+            },
+        ));
+    }
+    let stats = BatchStats {
+        path: BatchPath::Gemm,
+        rescored: 0,
+        scored,
+    };
+    Ok((gemm(view, queries, p, metric, kernels, allow)?, stats))
+}
+
+/// Microbenchmark of a reduced-precision path's unit: its dot-product instruction in a register- or
+/// tile-resident loop on `threads` threads for about `seconds`. Returns `(GFLOP/s over all threads,
+/// GFLOP per CPU-second of one thread)` (a multiply-add counts 2); the second is what a shared machine
+/// does not distort. `None` for [`BatchPath::Gemm`]/[`BatchPath::Auto`] or an unsupported unit. For
+/// benchmarks.
+pub fn unit_peak_gflops(path: BatchPath, threads: usize, seconds: f64) -> Option<(f64, f64)> {
+    let unit = match path {
+        BatchPath::Amx => Unit::Amx,
+        BatchPath::Avx512Bf16 => Unit::Avx512Bf16,
+        _ => return None,
+    };
+    lowp::peak_gflops(unit, threads, seconds)
+}
+
+/// The `f32` GEMM path.
+fn gemm(
+    view: &RowsView<'_>,
+    queries: &[f32],
+    p: &SearchParams<'_>,
+    metric: Metric,
+    kernels: Kernels,
+    allow: Option<&Bitmap>,
+) -> Result<Vec<Vec<Hit>>> {
+    let dim = view.layout().dim();
+    let nq = queries.len() / dim;
+    if nq == 0 {
+        return Ok(Vec::new());
+    }
+    let qnorm: Vec<f32> = queries
+        .chunks_exact(dim)
+        .map(|q| kernels.norm_squared(q).sqrt())
+        .collect();
+
+    let rows = view.rows();
     let ntiles = rows.div_ceil(TILE_ROWS);
     let threads = p.threads.max(1).min(ntiles.max(1));
     let ctx = Ctx {

@@ -8,7 +8,8 @@
 //! - [`kernels`]: dot, cosine and L2 between an `f32` query and `f16`/`f32` rows, with run-time dispatch
 //!   to AVX-512F, AVX2+FMA+F16C or portable code.
 //! - [`topk`]: exact top-k with candidate filters, deleted slots, a distance threshold and threads.
-//! - [`batch`]: top-k for many queries at once through blocked GEMM (faer).
+//! - [`batch`]: top-k for many queries at once: AMX-BF16 / AVX512-BF16 scoring with an exact re-rank
+//!   where the CPU has the unit, blocked `f32` GEMM (faer) otherwise.
 //!
 //! Invariants: a store never hands out a row past its committed length to a reader; rows are aligned to
 //! 64 bytes; ranking is by `(distance, slot)` ascending, so ties break by the lower slot, and the result is
@@ -31,7 +32,9 @@ pub mod bitmap;
 mod crc32;
 mod error;
 pub mod fault;
+pub mod ivf;
 pub mod kernels;
+mod lowp;
 pub mod store;
 pub mod topk;
 mod types;

@@ -1,8 +1,10 @@
 //! # phenix-extension
 //!
-//! The SQLite loadable extension `libphenix.so`: one exported entry point, [`sqlite3_phenix_init`], that
-//! checks the host's SQLite version and then calls `phenix_sql::register`. All SQL behaviour lives in
-//! `phenix-sql`; this crate owns only the FFI entry.
+//! The SQLite loadable extension `libphenix.so` (and `libphenix.a`): the entry point
+//! [`sqlite3_phenix_init`], which checks the host's SQLite version and then calls
+//! `phenix_sql::register`, and the small C API of [`capi`] (version, ONNX Runtime, thread caps), all
+//! declared in `include/phenix.h`. All SQL behaviour lives in `phenix-sql`; this crate owns only the
+//! FFI. Embedding it in an application (any SQLite, C or Rust): docs/embedding.md.
 //!
 //! Build it alone (its `loadable` feature of phenix-sql excludes the `bundled` one the rest of the
 //! workspace uses): `cargo build --release -p phenix-extension` → `target/release/libphenix.so`.
@@ -12,6 +14,8 @@
 //! SELECT phenix_version();
 //! ```
 #![deny(missing_docs)]
+
+pub mod capi;
 
 use rusqlite::{ffi, Connection};
 use std::os::raw::{c_char, c_int};
@@ -29,7 +33,7 @@ static HOST_API: AtomicPtr<ffi::sqlite3_api_routines> = AtomicPtr::new(std::ptr:
 /// name, so `.load libphenix` needs no entry-point argument).
 ///
 /// Before rusqlite initialises anything, the host's `libversion_number` is compared with
-/// `phenix_sql::loading::MIN_SQLITE_VERSION_NUMBER`; a too-old host (or an API table without that
+/// `phenix_sql::host::MIN_SQLITE_VERSION_NUMBER`; a too-old host (or an API table without that
 /// function) gets `SQLITE_ERROR` and a message in `*pz_err_msg`, allocated with the table's own
 /// `malloc`, instead of the abort rusqlite's check would cause. A panic anywhere in here is caught and
 /// reported the same way.
@@ -56,6 +60,8 @@ pub unsafe extern "C" fn sqlite3_phenix_init(
             unsafe { set_error(p_api, pz_err_msg, &msg) };
             return ffi::SQLITE_ERROR;
         }
+        // Routines newer than rusqlite's loadable bindings (sqlite3_vtab_in) are called through it.
+        phenix_sql::host::set_host_api(p_api.cast());
         // SAFETY: the host passed its own connection and API table; `init` only registers functions.
         unsafe { Connection::extension_init2(db, pz_err_msg, p_api, init) }
     };
@@ -112,7 +118,7 @@ unsafe fn host_check(p_api: *const ffi::sqlite3_api_routines) -> Result<(), Stri
     };
     // SAFETY: a function pointer from the host's API table, which takes no arguments.
     let host = unsafe { libversion_number() };
-    phenix_sql::loading::check_host_version(host)
+    phenix_sql::host::check_host_version(host)
 }
 
 /// Writes `msg` into `*pz_err_msg`, allocated with the host's `malloc` (SQLite frees it with

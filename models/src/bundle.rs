@@ -115,6 +115,17 @@ pub struct MorganSpec {
     pub chirality: bool,
 }
 
+// The one place that turns a manifest's spec into a featurizer: here, not in featurize.rs, so the
+// dependency goes one way (bundle uses featurize; the featurizer knows nothing of manifests).
+impl MorganFeaturizer {
+    /// The featurizer a bundle's `{"kind": "morgan", ...}` asks for.
+    pub fn from_spec(spec: &MorganSpec) -> Result<Self> {
+        Ok(Self::new(spec.radius, spec.n_bits)?
+            .with_counts(spec.counts)
+            .with_chirality(spec.chirality))
+    }
+}
+
 /// `phenomics`: the phenomics encoder and its input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,11 +212,24 @@ impl ModelBundle {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        let text = read_regular_file(&path).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;
+        let text = String::from_utf8(text).map_err(|_| Error::Manifest {
+            path: path.clone(),
+            message: "not valid JSON: the file is not UTF-8 text".into(),
+        })?;
         let manifest = Manifest::from_json(&text, &path)?;
+        Ok(ModelBundle { dir, manifest })
+    }
+
+    /// A bundle whose manifest text is already in memory (e.g. compiled into the program), checked
+    /// as [`ModelBundle::open`] checks a file. `dir` is not read: it names the bundle in messages
+    /// and in [`ModelBundle::molecule_onnx`] / [`ModelBundle::phenomics_onnx`].
+    pub fn from_manifest_text(dir: impl AsRef<Path>, text: &str) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = Manifest::from_json(text, &dir.join(MANIFEST_FILE))?;
         Ok(ModelBundle { dir, manifest })
     }
 
@@ -235,6 +259,32 @@ impl ModelBundle {
         // validate() has checked radius and n_bits.
         MorganFeaturizer::from_spec(spec).expect("checked by Manifest::validate")
     }
+}
+
+/// Reads a regular file (following symlinks). Anything else — a FIFO, a device, a directory — is
+/// an error, never a read: a FIFO would block the caller forever, a device could be endless. The
+/// file is opened non-blocking (which makes opening a FIFO return at once) and checked on the
+/// opened handle, so it cannot be swapped for something else between the check and the read.
+pub(crate) fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let mut file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO, socket or device); bundle files must be regular files",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().try_into().unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 impl Manifest {

@@ -13,7 +13,6 @@ use chematic_fp::{
     RdkitMorganRadius,
 };
 
-use crate::bundle::MorganSpec;
 use crate::error::{Error, Result};
 
 /// Morgan radii this crate computes bit-identically to RDKit.
@@ -71,13 +70,6 @@ impl MorganFeaturizer {
             chirality: false,
             config: ConfigKey(r, n),
         })
-    }
-
-    /// The featurizer a bundle's `{"kind": "morgan", ...}` asks for.
-    pub fn from_spec(spec: &MorganSpec) -> Result<Self> {
-        Ok(Self::new(spec.radius, spec.n_bits)?
-            .with_counts(spec.counts)
-            .with_chirality(spec.chirality))
     }
 
     /// `true`: [`features_into`](Self::features_into) writes the number of environments folded
@@ -190,30 +182,177 @@ fn invalid(smiles: &str, reason: String) -> Error {
     }
 }
 
-/// Parses like `Chem.MolFromSmiles`: syntax errors and the sanitization failures RDKit reports
-/// (valence, kekulization) are errors.
-fn parse(smiles: &str) -> Result<chematic_core::Molecule> {
-    // chematic accepts a bond symbol in front of a branch ("C=(C)C"); RDKit's SMILES grammar
-    // does not (found by the random-edit test in tests/fingerprints.rs).
-    let mut in_bracket = false;
-    for (i, w) in smiles.as_bytes().windows(2).enumerate() {
-        match w[0] {
-            b'[' => in_bracket = true,
-            b']' => in_bracket = false,
-            c @ (b'-' | b'=' | b'#' | b'$' | b':' | b'/' | b'\\' | b'.')
-                if !in_bracket && w[1] == b'(' =>
-            {
-                return Err(invalid(
-                    smiles,
-                    format!("bond symbol '{}' before a branch at position {i} (RDKit rejects this syntax)", c as char),
-                ));
+/// Element symbols of the old IUPAC placeholder names RDKit still reads, and what they are now.
+const PLACEHOLDER_SYMBOLS: [(&str, &str); 7] = [
+    ("Uub", "Cn"),
+    ("Uut", "Nh"),
+    ("Uuq", "Fl"),
+    ("Uup", "Mc"),
+    ("Uuh", "Lv"),
+    ("Uus", "Ts"),
+    ("Uuo", "Og"),
+];
+
+/// The largest isotope number RDKit's SMILES parser reads (a larger one is a syntax error).
+const MAX_ISOTOPE_DIGITS_VALUE: u64 = 2_147_483_639;
+
+/// Brings `smiles` to the text chematic must parse to agree with RDKit's `MolFromSmiles`, or
+/// rejects it where RDKit does and chematic alone would not:
+///
+/// * RDKit reads the SMILES up to the first space or tab (not at the start) and takes the rest
+///   as the molecule's name (`CCO ethanol`); leading spaces, tabs and line breaks and trailing line
+///   breaks are ignored. A CXSMILES extension (`CC |$a;b$|`) and any other whitespace or control
+///   character are refused here (RDKit reads some of them; docs/models.md lists the differences).
+/// * Empty components and branches are syntax errors in RDKit: `C..C`, `.C`, `C.`, `C()C`,
+///   `C(=)C`, `C(.C)C`, `C((C))C`.
+/// * Isotopes: RDKit refuses leading zeros (`[013C]`) and numbers above 2147483639, and keeps
+///   the number modulo 65536 (`[65537C]` is `[1C]`, `[65536C]` is `[C]`); chematic saturates
+///   at 65535, so the number is rewritten.
+/// * `[Uuo]`, `[Uup]`, … (placeholder names of elements 112–118) are the elements' symbols.
+fn rdkit_smiles(smiles: &str) -> Result<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    let mut s = smiles;
+    if let Some(i) = s.find([' ', '\t']).filter(|&i| i > 0) {
+        if s[i + 1..].trim_start().starts_with('|') {
+            return Err(invalid(
+                smiles,
+                "CXSMILES extensions ('|...|' after the SMILES) are not supported; remove them"
+                    .into(),
+            ));
+        }
+        s = &s[..i];
+    }
+    let s = s
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .trim_end_matches(['\n', '\r']);
+    if let Some((i, c)) = s
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            smiles,
+            format!(
+                "{c:?} at position {i} inside the SMILES; a SMILES is one line without spaces (a name may follow after a space or tab)"
+            ),
+        ));
+    }
+    let b = s.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'[' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < b.len() && b[j].is_ascii_digit() {
+                    j += 1;
+                }
+                let digits = &s[start..j];
+                let mut replacement: Option<String> = None;
+                if !digits.is_empty() {
+                    let value = digits
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|v| *v <= MAX_ISOTOPE_DIGITS_VALUE);
+                    let Some(value) = value.filter(|_| digits == "0" || !digits.starts_with('0'))
+                    else {
+                        return Err(invalid(
+                            smiles,
+                            format!(
+                                "isotope {digits} at position {start}: RDKit reads isotope numbers without leading zeros, up to {MAX_ISOTOPE_DIGITS_VALUE}"
+                            ),
+                        ));
+                    };
+                    let kept = value % 65_536;
+                    if kept.to_string() != digits || kept == 0 {
+                        replacement = Some(if kept == 0 {
+                            String::new()
+                        } else {
+                            kept.to_string()
+                        });
+                    }
+                }
+                let mut end = j;
+                let mut symbol: Option<&str> = None;
+                if let Some((old, new)) = PLACEHOLDER_SYMBOLS
+                    .iter()
+                    .find(|(old, _)| s[j..].starts_with(old))
+                {
+                    symbol = Some(new);
+                    end = j + old.len();
+                }
+                if replacement.is_some() || symbol.is_some() {
+                    let o = out.get_or_insert_with(String::new);
+                    o.push_str(&s[copied..start]);
+                    o.push_str(replacement.as_deref().unwrap_or(digits));
+                    o.push_str(symbol.unwrap_or(&s[j..end]));
+                    copied = end;
+                }
+                // The rest of a bracket atom holds no '.', '(' or ')'.
+                i = s[end..].find(']').map_or(b.len(), |k| end + k + 1);
+                continue;
+            }
+            b'.' => {
+                let prev = if i == 0 { None } else { Some(b[i - 1]) };
+                let next = b.get(i + 1).copied();
+                if prev.is_none() || next.is_none() || next == Some(b'.') || prev == Some(b'(') {
+                    return Err(invalid(
+                        smiles,
+                        format!(
+                            "empty component at position {i} ('.' must separate two molecules)"
+                        ),
+                    ));
+                }
+            }
+            b'(' => {
+                // chematic accepts a bond symbol in front of a branch ("C=(C)C"); RDKit's SMILES
+                // grammar does not (found by the random-edit test in tests/fingerprints.rs).
+                if let Some(&c) = i.checked_sub(1).and_then(|p| b.get(p)) {
+                    if matches!(c, b'-' | b'=' | b'#' | b'$' | b':' | b'/' | b'\\' | b'.') {
+                        return Err(invalid(
+                            smiles,
+                            format!(
+                                "bond symbol '{}' before a branch at position {} (RDKit rejects this syntax)",
+                                c as char,
+                                i - 1
+                            ),
+                        ));
+                    }
+                }
+                // A branch holds an atom: '(' followed by bonds only and then ')' or '(' is empty.
+                let mut j = i + 1;
+                while j < b.len() && matches!(b[j], b'-' | b'=' | b'#' | b'$' | b':' | b'/' | b'\\')
+                {
+                    j += 1;
+                }
+                if matches!(b.get(j), Some(b')' | b'(' | b'.') | None) {
+                    return Err(invalid(
+                        smiles,
+                        format!("empty branch at position {i} (a branch must hold an atom)"),
+                    ));
+                }
             }
             _ => {}
         }
+        i += 1;
     }
-    let mol = chematic_smiles::parse(smiles).map_err(|e| invalid(smiles, e.to_string()))?;
+    Ok(match out {
+        None => Cow::Borrowed(s),
+        Some(mut o) => {
+            o.push_str(&s[copied..]);
+            Cow::Owned(o)
+        }
+    })
+}
+
+/// Parses like `Chem.MolFromSmiles`: syntax errors and the sanitization failures RDKit reports
+/// (valence, kekulization) are errors. Error messages quote the SMILES as given.
+fn parse(given: &str) -> Result<chematic_core::Molecule> {
+    let text = rdkit_smiles(given)?;
+    let mol = chematic_smiles::parse(&text).map_err(|e| invalid(given, e.to_string()))?;
     if mol.atom_count() == 0 {
-        return Err(invalid(smiles, "no atoms".into()));
+        return Err(invalid(given, "no atoms".into()));
     }
     // chematic parses some molecules RDKit's sanitization rejects (e.g. pentavalent carbon,
     // non-kekulizable aromatic rings) and would fingerprint them; RDKit's MolFromSmiles
@@ -226,7 +365,7 @@ fn parse(smiles: &str) -> Result<chematic_core::Molecule> {
         chematic_smiles::rdkit_sanitized_model(&mol)
     {
         return Err(invalid(
-            smiles,
+            given,
             format!("RDKit sanitization rejects it: {msg}"),
         ));
     }
@@ -263,7 +402,8 @@ mod tests {
     #[test]
     fn invalid_smiles_error_names_smiles_and_reason() {
         let f = MorganFeaturizer::new(2, 2048).unwrap();
-        // All rejected by RDKit 2026.09 Chem.MolFromSmiles: syntax, valence, kekulization.
+        // All rejected by RDKit 2026.09 Chem.MolFromSmiles (syntax, valence, kekulization), except
+        // "": RDKit returns an empty molecule, phenix refuses a SMILES without atoms.
         for s in [
             "C1CC",
             "C(C",

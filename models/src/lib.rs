@@ -11,6 +11,9 @@
 //! * the **runtime** ([`Model`]): ONNX Runtime sessions (one per bundle and encoder, cached by
 //!   [`Model::load_cached`]) that embed batches of molecules and profiles.
 //!
+//! * the **default bundle** ([`default_bundle`], cargo feature `default-model`, on by default):
+//!   `models/default/` compiled in and loaded from memory, writing nothing to disk.
+//!
 //! It does **not** own SQLite (the `sql` crate wraps this one into SQL functions), vector
 //! storage or search (`phenix-core`), or training (`models/training/`).
 //!
@@ -55,6 +58,8 @@
 
 pub mod bundle;
 pub mod concentration;
+#[cfg(feature = "default-model")]
+pub mod default_bundle;
 mod error;
 pub mod featurize;
 pub mod runtime;

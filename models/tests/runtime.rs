@@ -600,3 +600,71 @@ fn broken_onnx_files() {
     );
     assert_contains(&e, &["phenomics.onnx", "file not found"]);
 }
+
+/// `mkfifo path`.
+fn mkfifo(path: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfifo {}", path.display());
+}
+
+/// A bundle file that is a FIFO, a directory or a device is refused at once; reading a FIFO would
+/// block the loader (and the SQL call behind it) forever. Loads run on a thread so a regression
+/// fails the test after 60 s instead of hanging it.
+#[test]
+fn bundle_files_that_are_not_regular_files_are_refused_without_blocking() {
+    type Edit = fn(&Path);
+    let cases: [(&str, Edit, &[&str]); 4] = [
+        (
+            "phenix-model.json",
+            |d| {
+                std::fs::remove_file(d.join("phenix-model.json")).unwrap();
+                mkfifo(&d.join("phenix-model.json"));
+            },
+            &["phenix-model.json", "not a regular file"],
+        ),
+        (
+            "molecule.onnx",
+            |d| {
+                std::fs::remove_file(d.join("molecule.onnx")).unwrap();
+                mkfifo(&d.join("molecule.onnx"));
+            },
+            &["molecule.onnx", "not a regular file"],
+        ),
+        (
+            "phenomics.onnx (directory)",
+            |d| {
+                std::fs::remove_file(d.join("phenomics.onnx")).unwrap();
+                std::fs::create_dir(d.join("phenomics.onnx")).unwrap();
+            },
+            &["phenomics.onnx", "not a regular file"],
+        ),
+        (
+            "phenix-model.json (device)",
+            |d| {
+                std::fs::remove_file(d.join("phenix-model.json")).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", d.join("phenix-model.json")).unwrap();
+            },
+            &["phenix-model.json", "not a regular file"],
+        ),
+    ];
+    for (what, edit, needles) in cases {
+        let dir = edited("log", |_| {});
+        edit(&dir);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Model::load(&d, &opts()).map(|_| ()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{what}: loading blocked for 60 s"));
+        let e = r.expect_err(what);
+        assert_contains(&e, needles);
+        // And through the cache, which looks at the files' metadata first.
+        let e = Model::load_cached(&dir, &opts()).expect_err(what);
+        assert_contains(&e, needles);
+    }
+}

@@ -148,6 +148,14 @@ def cmd_screen(a: argparse.Namespace) -> dict:
         raise PhenixError(f"--doses {a.doses!r}: expected comma-separated numbers in µM") from e
     if not a.library and not a.queries:
         raise PhenixError("nothing to do: give --library (embed molecules) and/or --queries (retrieve)")
+    if a.cluster:
+        from .distributed import run_screen_cluster
+
+        return run_screen_cluster(a.database, a.cluster, a.shards, a.n_shards, a.model, a.library, doses,
+                                  table=a.table, smiles_col=a.smiles_column, id_col=a.id_column or None,
+                                  batch=a.batch_size, queries=a.queries, query_profile=a.query_profile,
+                                  query_id=a.query_id, k=a.k, out=a.out, csv=a.csv,
+                                  skip_bad_smiles=a.skip_bad_smiles, progress=not a.quiet)
     return run_screen(a.database, a.model, a.library, doses, table=a.table, smiles_col=a.smiles_column,
                       id_col=a.id_column or None, batch=a.batch_size, queries=a.queries, query_profile=a.query_profile,
                       query_id=a.query_id, k=a.k, out=a.out, csv=a.csv, skip_bad_smiles=a.skip_bad_smiles,
@@ -258,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="screen_hits", help="output table (default screen_hits)")
     p.add_argument("--csv", help="also write the hits as CSV")
     p.add_argument("--skip-bad-smiles", action="store_true")
+    g = p.add_argument_group("sharded screen on a Dask cluster (docs/scale-out.md)")
+    g.add_argument("--cluster", metavar="ADDRESS|local:N", help="run on a Dask cluster: a scheduler address "
+                   "(tcp://host:8786) or local:N (N worker processes on this machine); the library is split into "
+                   "--n-shards phenix databases under --shards, and queries are answered over all of them")
+    g.add_argument("--shards", metavar="DIR", help="directory of the shard databases (with --cluster)")
+    g.add_argument("--n-shards", type=int, default=8, help="shards to build from --library (default 8)")
     p.add_argument("--quiet", action="store_true")
     return ap
 

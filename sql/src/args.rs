@@ -42,7 +42,8 @@ pub(crate) fn positive_k(v: ValueRef<'_>, what: &str) -> rusqlite::Result<usize>
         ValueRef::Integer(k) if k > 0 => return Ok(k as usize),
         ValueRef::Integer(k) => k.to_string(),
         ValueRef::Null => "NULL".to_string(),
-        ValueRef::Real(r) => r.to_string(),
+        // `{:?}` keeps the point: `k = 2.0` says "got 2.0", not "got 2".
+        ValueRef::Real(r) => format!("{r:?}"),
         ValueRef::Text(_) => "text".to_string(),
         ValueRef::Blob(_) => "a blob".to_string(),
     };

@@ -176,6 +176,11 @@ impl From<Error> for rusqlite::Error {
             Error::Sqlite(e) => e,
             e => {
                 let mut s = e.to_string();
+                // SQLite takes the message as a C string: one with a NUL byte (quoted from a bad
+                // argument) would be dropped whole, leaving only "SQL logic error".
+                if s.contains('\0') {
+                    s = s.replace('\0', "\\0");
+                }
                 if !s.starts_with("phenix: ") {
                     s.insert_str(0, "phenix: ");
                 }
@@ -239,6 +244,58 @@ where
     T: rusqlite::functions::SqlFnOutput,
 {
     conn.create_scalar_function(name, n_arg, flags, move |ctx| catch_panic(name, || f(ctx)))
+}
+
+/// An aggregate (or window) function whose callbacks run inside [`catch_panic`] under `name`:
+/// register `Guarded { name, inner }` instead of `inner`.
+pub struct Guarded<F> {
+    /// The SQL name, for the panic message.
+    pub name: &'static str,
+    /// The aggregate itself.
+    pub inner: F,
+}
+
+impl<F, A, T> rusqlite::functions::Aggregate<A, T> for Guarded<F>
+where
+    F: rusqlite::functions::Aggregate<A, T>,
+    A: std::panic::RefUnwindSafe + std::panic::UnwindSafe,
+    T: rusqlite::functions::SqlFnOutput,
+{
+    fn init(&self, ctx: &mut rusqlite::functions::Context<'_>) -> rusqlite::Result<A> {
+        catch_panic(self.name, || self.inner.init(ctx))
+    }
+    fn step(
+        &self,
+        ctx: &mut rusqlite::functions::Context<'_>,
+        acc: &mut A,
+    ) -> rusqlite::Result<()> {
+        catch_panic(self.name, || self.inner.step(ctx, acc))
+    }
+    fn finalize(
+        &self,
+        ctx: &mut rusqlite::functions::Context<'_>,
+        acc: Option<A>,
+    ) -> rusqlite::Result<T> {
+        catch_panic(self.name, || self.inner.finalize(ctx, acc))
+    }
+}
+
+impl<F, A, T> rusqlite::functions::WindowAggregate<A, T> for Guarded<F>
+where
+    F: rusqlite::functions::WindowAggregate<A, T>,
+    A: std::panic::RefUnwindSafe + std::panic::UnwindSafe,
+    T: rusqlite::functions::SqlFnOutput,
+{
+    fn value(&self, acc: Option<&mut A>) -> rusqlite::Result<T> {
+        catch_panic(self.name, || self.inner.value(acc))
+    }
+    fn inverse(
+        &self,
+        ctx: &mut rusqlite::functions::Context<'_>,
+        acc: &mut A,
+    ) -> rusqlite::Result<()> {
+        catch_panic(self.name, || self.inner.inverse(ctx, acc))
+    }
 }
 
 /// Test-only panic injection (cargo feature `panic-test`, never in a release build): the SQL function

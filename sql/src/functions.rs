@@ -8,24 +8,34 @@
 //!   optional last argument says `'float16'` (or `'float32'`, `'f16'`, `'f32'`, any case). It applies to
 //!   every blob argument of the call.
 //! - A NULL vector argument makes the result NULL (`phenix_mean` skips NULL rows instead).
-//! - Errors are `SQLITE_ERROR` with a message that starts with `phenix: ` ([`crate::error::sql_error`]).
+//! - Bad arguments are `SQLITE_ERROR` with a message that starts with `phenix: `
+//!   ([`crate::error::sql_error`]).
 //! - All functions are `SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS`: pure, usable in indexes, views and
 //!   triggers. Callbacks run inside [`catch_panic`], which turns a panic into an SQL error.
 
 use crate::error::{catch_panic, sql_error};
-use crate::vector::{check_f16_range, decode_vector, Decoded, Encoding, VectorError};
+use crate::vector::{
+    check_f16_range, decode_vector, decode_vector_into, elem_of_subtype, subtype_of, Decoded,
+    Encoding, VectorError,
+};
 use phenix_core::{kernels::distance_f64, ElemType, Metric};
-use rusqlite::functions::{Aggregate, Context, FunctionFlags, SqlFnOutput, WindowAggregate};
+use rusqlite::functions::{
+    Aggregate, Context, FunctionFlags, SqlFnOutput, SubType, WindowAggregate,
+};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, Result};
 use std::os::raw::c_int;
 use std::path::PathBuf;
 
-/// Flags of the pure functions.
+/// Flags of the pure functions. `SQLITE_SUBTYPE`: they read their arguments' subtypes (SQLite must
+/// not drop them, e.g. for window functions); `SQLITE_RESULT_SUBTYPE` (SQLite >= 3.45; older
+/// versions ignore the bit): they tag their blob results.
 fn pure() -> FunctionFlags {
     FunctionFlags::SQLITE_UTF8
         | FunctionFlags::SQLITE_DETERMINISTIC
         | FunctionFlags::SQLITE_INNOCUOUS
+        | FunctionFlags::SQLITE_SUBTYPE
+        | FunctionFlags::SQLITE_RESULT_SUBTYPE
 }
 
 /// Registers every vector function on `conn`.
@@ -58,35 +68,79 @@ pub fn register(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Decodes the `n` vector arguments of `ctx` (the element type of blobs from argument `n`, if given)
-/// and runs `body`; NULL if any vector is NULL.
+/// Decodes the `n` vector arguments of `ctx` and runs `body`; NULL if any vector is NULL. Each blob
+/// argument's element type comes from [`arg_elem`]. A blob result is tagged with its subtype.
 fn call_scalar(
     ctx: &Context<'_>,
     name: &str,
     n: usize,
     body: fn(&str, &[Decoded]) -> Result<Value>,
-) -> Result<Value> {
-    let elem = blob_elem(ctx, n, name)?;
+) -> Result<(Value, SubType)> {
+    let explicit = explicit_elem(ctx, n, name)?;
+    // phenix_f16 rounds JSON numbers once, straight to float16.
+    let json_target = if name == "phenix_f16" {
+        ElemType::F16
+    } else {
+        ElemType::F32
+    };
     let mut args = Vec::with_capacity(n);
     for i in 0..n {
-        match decode_vector(ctx.get_raw(i), &arg_name(name, i), elem) {
+        let elem = arg_elem(ctx, i, explicit, name)?;
+        match decode_vector_into(ctx.get_raw(i), &arg_name(name, i), elem, json_target) {
             Ok(d) => args.push(d),
-            Err(VectorError::Null { .. }) => return Ok(Value::Null),
+            Err(VectorError::Null { .. }) => return Ok((Value::Null, None)),
             Err(e) => return Err(e.into()),
         }
     }
-    body(name, &args)
+    let out = body(name, &args)?;
+    let elem = match name {
+        "phenix_f16" => Some(ElemType::F16),
+        "phenix_f32" => Some(ElemType::F32),
+        _ => match args.first().map(|a| a.encoding) {
+            Some(Encoding::Blob(e)) => Some(e),
+            _ => None,
+        },
+    };
+    let subtype = match (&out, elem) {
+        (Value::Blob(_), Some(e)) => Some(subtype_of(e)),
+        _ => None,
+    };
+    Ok((out, subtype))
+}
+
+/// The element type of blob argument `i`: its subtype if it carries one of phenix's (every blob a
+/// phenix function returns does), else the call's element-type argument, else `float32`. A subtype
+/// that contradicts the element-type argument is an error rather than a silent reinterpretation.
+fn arg_elem(
+    ctx: &Context<'_>,
+    i: usize,
+    explicit: Option<ElemType>,
+    fname: &str,
+) -> Result<ElemType> {
+    if !matches!(ctx.get_raw(i), ValueRef::Blob(_)) {
+        return Ok(explicit.unwrap_or(ElemType::F32));
+    }
+    match (elem_of_subtype(ctx.get_subtype(i)), explicit) {
+        (Some(tagged), Some(given)) if tagged != given => Err(sql_error(format!(
+            "{} is a {} blob (a phenix function made it) but the element type argument says '{}'; \
+             drop the element type argument, or pass a stored blob",
+            arg_name(fname, i),
+            tagged.name(),
+            given.name()
+        ))),
+        (Some(tagged), _) => Ok(tagged),
+        (None, given) => Ok(given.unwrap_or(ElemType::F32)),
+    }
 }
 
 fn arg_name(fname: &str, i: usize) -> String {
     format!("{fname}() argument {}", i + 1)
 }
 
-/// The element type of blob arguments: argument `idx` if present (`'float16'`, `'float32'`, `'f16'`,
-/// `'f32'`, any case), else `float32`.
-fn blob_elem(ctx: &Context<'_>, idx: usize, fname: &str) -> Result<ElemType> {
+/// The element-type argument `idx` if present (`'float16'`, `'float32'`, `'f16'`, `'f32'`, any case).
+fn explicit_elem(ctx: &Context<'_>, idx: usize, fname: &str) -> Result<Option<ElemType>> {
     if idx >= ctx.len() {
-        return Ok(ElemType::F32);
+        return Ok(None);
     }
     let v = ctx.get_raw(idx);
     if let ValueRef::Text(t) = v {
@@ -94,8 +148,8 @@ fn blob_elem(ctx: &Context<'_>, idx: usize, fname: &str) -> Result<ElemType> {
             .map(|s| s.to_ascii_lowercase())
             .as_deref()
         {
-            Ok("float16" | "f16") => return Ok(ElemType::F16),
-            Ok("float32" | "f32") => return Ok(ElemType::F32),
+            Ok("float16" | "f16") => return Ok(Some(ElemType::F16)),
+            Ok("float32" | "f32") => return Ok(Some(ElemType::F32)),
             _ => {}
         }
     }
@@ -190,7 +244,7 @@ struct MeanAcc {
     encoding: Option<Encoding>,
 }
 
-impl Aggregate<MeanAcc, Option<Value>> for Mean {
+impl Aggregate<MeanAcc, (Option<Value>, SubType)> for Mean {
     fn init(&self, _: &mut Context<'_>) -> Result<MeanAcc> {
         catch_panic("phenix_mean", || Ok(MeanAcc::default()))
     }
@@ -199,14 +253,18 @@ impl Aggregate<MeanAcc, Option<Value>> for Mean {
         catch_panic("phenix_mean", || acc.add(ctx, 1.0))
     }
 
-    fn finalize(&self, _: &mut Context<'_>, acc: Option<MeanAcc>) -> Result<Option<Value>> {
-        catch_panic("phenix_mean", || Ok(acc.and_then(|a| a.mean())))
+    fn finalize(
+        &self,
+        _: &mut Context<'_>,
+        acc: Option<MeanAcc>,
+    ) -> Result<(Option<Value>, SubType)> {
+        catch_panic("phenix_mean", || Ok(acc.map_or((None, None), |a| a.mean())))
     }
 }
 
-impl WindowAggregate<MeanAcc, Option<Value>> for Mean {
-    fn value(&self, acc: Option<&mut MeanAcc>) -> Result<Option<Value>> {
-        catch_panic("phenix_mean", || Ok(acc.and_then(|a| a.mean())))
+impl WindowAggregate<MeanAcc, (Option<Value>, SubType)> for Mean {
+    fn value(&self, acc: Option<&mut MeanAcc>) -> Result<(Option<Value>, SubType)> {
+        catch_panic("phenix_mean", || Ok(acc.map_or((None, None), |a| a.mean())))
     }
 
     fn inverse(&self, ctx: &mut Context<'_>, acc: &mut MeanAcc) -> Result<()> {
@@ -217,7 +275,8 @@ impl WindowAggregate<MeanAcc, Option<Value>> for Mean {
 impl MeanAcc {
     /// Adds (`sign = 1`) or removes (`sign = -1`, a row leaving a window frame) the row's vector.
     fn add(&mut self, ctx: &Context<'_>, sign: f64) -> Result<()> {
-        let elem = blob_elem(ctx, 1, "phenix_mean")?;
+        let explicit = explicit_elem(ctx, 1, "phenix_mean")?;
+        let elem = arg_elem(ctx, 0, explicit, "phenix_mean")?;
         let d = match decode_vector(ctx.get_raw(0), "phenix_mean() argument 1", elem) {
             Ok(d) => d,
             Err(VectorError::Null { .. }) => return Ok(()),
@@ -249,15 +308,22 @@ impl MeanAcc {
         Ok(())
     }
 
-    /// The mean in the first vector's encoding; `None` (SQL NULL) when no vector is in.
-    fn mean(&self) -> Option<Value> {
-        let encoding = self.encoding?;
+    /// The mean in the first vector's encoding, with the blob's subtype; `None` (SQL NULL) when no
+    /// vector is in.
+    fn mean(&self) -> (Option<Value>, SubType) {
+        let Some(encoding) = self.encoding else {
+            return (None, None);
+        };
         if self.count == 0 {
-            return None;
+            return (None, None);
         }
         let n = self.count as f64;
         let mean: Vec<f32> = self.sum.iter().map(|s| (s / n) as f32).collect();
-        Some(encoding.encode(&mean))
+        let subtype = match encoding {
+            Encoding::Blob(e) => Some(subtype_of(e)),
+            Encoding::Json => None,
+        };
+        (Some(encoding.encode(&mean)), subtype)
     }
 }
 

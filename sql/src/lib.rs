@@ -38,15 +38,34 @@ pub mod analysis;
 pub(crate) mod args;
 pub mod error;
 pub mod functions;
-pub mod loading;
+pub mod host;
 pub mod models;
+pub mod settings;
 mod table;
 pub mod tvf;
 pub mod vector;
 
+/// Whether this process still holds the in-memory vectors of the phenix table whose `<t>_info.table_id`
+/// is `id` (32 hex digits): for tests that memory is released when a connection closes or the table is
+/// dropped.
+#[doc(hidden)]
+pub fn memory_store_alive(id: &str) -> bool {
+    table::registry::memory_store_alive(id)
+}
+
 pub use error::{catch_panic, sql_error, sqlite_owned_cstring, Error, Result};
 pub use functions::{create_path_function, path_arg};
-pub use vector::{decode_vector, parse_vector, Decoded, Encoding, VectorError};
+pub use vector::{decode_vector, decode_vector_into, parse_vector, Decoded, Encoding, VectorError};
+
+/// This library's version (`SELECT phenix_version()` returns the same).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Loads ONNX Runtime now, from `library` or found as `docs/models.md` describes
+/// ([`runtime_library_candidates`]), and says which file and version were loaded. Optional: the
+/// first embedding loads it anyway; calling it at startup reports a missing library early and keeps
+/// the one-time environment change described in `docs/models.md` away from running threads.
+pub use phenix_models::init_runtime as load_onnxruntime;
+pub use phenix_models::{runtime_library_candidates, LibrarySource, RuntimeInfo};
 
 /// Installs every phenix function (and the `phenix` virtual table) on `conn`.
 ///

@@ -1,33 +1,38 @@
 //! Encoders in SQL: `phenix_fingerprint`, `phenix_model_load`, the `phenix_models` table,
 //! `phenix_embed_molecule`, `phenix_embed_phenomics` and the batched `phenix_embed_molecules`.
 //!
-//! Models live in a process-wide registry by name. `default` is always there: the bundle in
-//! `models/default/` is compiled into the library (`include_bytes!`), written once to a cache directory
-//! named by its content hash, and loaded from there on first use, so it works wherever the `.so` goes.
+//! Models live in a process-wide registry by name. `default` is there when the `default-model` cargo
+//! feature is on (the default): the bundle `phenix_models::default_bundle` compiles in, loaded from
+//! memory on first use, writing nothing to disk, so it works wherever the library goes (read-only
+//! installs, sandboxes, no `HOME`).
 
 use crate::args::{int, number, text_arg};
 use crate::error::{create_scalar, sql_error};
 use crate::functions::create_path_function;
 use crate::tvf::{TableFunction, Tvf};
-use crate::vector::{encode_f16, parse_vector};
+use crate::vector::{encode_f16, parse_vector, SUBTYPE_F16};
 use phenix_core::ElemType;
 use phenix_models::{ExecutionProvider, Model, MorganFeaturizer, RuntimeOptions};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::Module;
 use rusqlite::Connection;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::{c_int, CStr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-const DEFAULT_MANIFEST: &[u8] = include_bytes!("../../models/default/phenix-model.json");
-const DEFAULT_MOLECULE: &[u8] = include_bytes!("../../models/default/molecule.onnx");
-const DEFAULT_PHENOMICS: &[u8] = include_bytes!("../../models/default/phenomics.onnx");
+/// Where a registered model comes from.
+enum Source {
+    /// A bundle directory given to `phenix_model_load`.
+    Dir(PathBuf),
+    /// The compiled-in `default` bundle (cargo feature `default-model`).
+    Default,
+}
 
 /// A registered model: where it came from and, once loaded, the sessions.
 struct Entry {
-    path: PathBuf,
+    source: Source,
     options: RuntimeOptions,
     model: Option<Arc<Model>>,
 }
@@ -37,93 +42,74 @@ fn registry() -> &'static Mutex<BTreeMap<String, Entry>> {
     R.get_or_init(|| Mutex::new(BTreeMap::new()))
 }
 
+/// Options of models loaded without a `threads` option: [`crate::settings::onnx_threads`] threads.
 fn default_options() -> RuntimeOptions {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    RuntimeOptions::default().intra_threads(threads)
+    RuntimeOptions::default().intra_threads(crate::settings::onnx_threads())
 }
 
-/// FNV-1a over the bundle bytes, naming its cache directory.
-fn fnv(parts: &[&[u8]]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for p in parts {
-        for &b in *p {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
+/// Whether this build has the `default` model compiled in.
+const HAS_DEFAULT: bool = cfg!(feature = "default-model");
+
+/// Loads the compiled-in bundle from memory (nothing is written to disk).
+#[cfg(feature = "default-model")]
+fn load_default(options: &RuntimeOptions) -> Result<Arc<Model>, phenix_models::Error> {
+    phenix_models::default_bundle::load(options)
 }
 
-/// Writes the compiled-in default bundle to `<cache>/phenix/default-<hash>/` (once) and returns it.
-fn default_bundle_dir() -> rusqlite::Result<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    let hash = fnv(&[DEFAULT_MANIFEST, DEFAULT_MOLECULE, DEFAULT_PHENOMICS]);
-    let dir = base.join("phenix").join(format!("default-{hash:016x}"));
-    if dir.join("phenix-model.json").is_file() {
-        return Ok(dir);
-    }
-    // Write into a private temporary directory, then rename into place (atomic; a concurrent writer
-    // of the same content loses the race harmlessly).
-    let tmp = base
-        .join("phenix")
-        .join(format!(".default-{hash:016x}-{}", std::process::id()));
-    let io = |e: std::io::Error| {
-        sql_error(format!(
-            "cannot write the default model to {}: {e}",
-            tmp.display()
-        ))
-    };
-    std::fs::create_dir_all(&tmp).map_err(io)?;
-    std::fs::write(tmp.join("molecule.onnx"), DEFAULT_MOLECULE).map_err(io)?;
-    std::fs::write(tmp.join("phenomics.onnx"), DEFAULT_PHENOMICS).map_err(io)?;
-    std::fs::write(tmp.join("phenix-model.json"), DEFAULT_MANIFEST).map_err(io)?;
-    if std::fs::rename(&tmp, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    if dir.join("phenix-model.json").is_file() {
-        Ok(dir)
-    } else {
-        Err(sql_error(format!(
-            "cannot install the default model in {}",
-            dir.display()
-        )))
-    }
+#[cfg(not(feature = "default-model"))]
+fn load_default(_: &RuntimeOptions) -> Result<Arc<Model>, phenix_models::Error> {
+    unreachable!("model() refuses 'default' in builds without it")
 }
 
 /// The loaded model `name` (loading it on first use).
 pub fn model(name: &str) -> rusqlite::Result<Arc<Model>> {
-    let (path, options) = {
+    let (source, options) = {
         let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = r.get(name) {
             if let Some(m) = &e.model {
                 return Ok(m.clone());
             }
-            (e.path.clone(), e.options.clone())
-        } else if name == "default" {
-            let p = default_bundle_dir()?;
+            let source = match &e.source {
+                Source::Dir(p) => Source::Dir(p.clone()),
+                Source::Default => Source::Default,
+            };
+            (source, e.options.clone())
+        } else if name == "default" && HAS_DEFAULT {
             r.insert(
                 "default".into(),
                 Entry {
-                    path: p.clone(),
+                    source: Source::Default,
                     options: default_options(),
                     model: None,
                 },
             );
-            (p, default_options())
+            (Source::Default, default_options())
+        } else if name == "default" {
+            return Err(sql_error(
+                "model 'default' is not compiled into this build of phenix (it was built without the \
+                 `default-model` cargo feature); load a bundle with phenix_model_load(name, path)",
+            ));
         } else {
-            let names: Vec<&str> = std::iter::once("default")
+            let names: Vec<&str> = HAS_DEFAULT
+                .then_some("default")
+                .into_iter()
                 .chain(r.keys().map(String::as_str).filter(|n| *n != "default"))
                 .collect();
             return Err(sql_error(format!(
                 "no model named '{name}'; load one with phenix_model_load(name, path) (loaded: {})",
-                names.join(", ")
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
             )));
         }
     };
-    let m = Model::load_cached(&path, &options)
-        .map_err(|e| sql_error(format!("model '{name}': {e}")))?;
+    let m = match source {
+        Source::Dir(path) => Model::load_cached(&path, &options),
+        Source::Default => load_default(&options),
+    }
+    .map_err(|e| sql_error(format!("model '{name}': {e}")))?;
     if let Some(e) = registry()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -132,21 +118,6 @@ pub fn model(name: &str) -> rusqlite::Result<Arc<Model>> {
         e.model = Some(m.clone());
     }
     Ok(m)
-}
-
-fn featurizer(radius: u32, n_bits: usize) -> Result<Arc<MorganFeaturizer>, phenix_models::Error> {
-    type Featurizers = Mutex<HashMap<(u32, usize), Arc<MorganFeaturizer>>>;
-    static F: OnceLock<Featurizers> = OnceLock::new();
-    let mut m = F
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(f) = m.get(&(radius, n_bits)) {
-        return Ok(f.clone());
-    }
-    let f = Arc::new(MorganFeaturizer::new(radius, n_bits)?);
-    m.insert((radius, n_bits), f.clone());
-    Ok(f)
 }
 
 /// Registers the encoder functions.
@@ -164,7 +135,8 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
                 "{f}: radius {radius} / {n_bits} bits are out of range; supported: radius 0-3, 128/256/512/1024/2048 bits"
             )));
         }
-        let fp = featurizer(radius as u32, n_bits as usize)
+        // A featurizer holds no state: making one per call costs nothing.
+        let fp = MorganFeaturizer::new(radius as u32, n_bits as usize)
             .map_err(|e| sql_error(format!("{f}: {e}")))?;
         let bits = fp
             .on_bits(smiles)
@@ -183,9 +155,11 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     })?;
     // Embedding functions stay usable in triggers (auto-embedding on insert), so they are not
     // DIRECTONLY; they read only bundles an application registered directly.
+    // Their float16 results carry phenix's float16 subtype (crate::vector::SUBTYPE_F16).
     let embed_flags = FunctionFlags::SQLITE_UTF8
         | FunctionFlags::SQLITE_DETERMINISTIC
-        | FunctionFlags::SQLITE_INNOCUOUS;
+        | FunctionFlags::SQLITE_INNOCUOUS
+        | FunctionFlags::SQLITE_RESULT_SUBTYPE;
     create_scalar(conn, "phenix_embed_molecule", 3, embed_flags, |ctx| {
         let f = "phenix_embed_molecule";
         let name = text_arg(ctx.get_raw(0), f, "argument 1 (model)")?;
@@ -195,7 +169,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         let v = m
             .embed_molecules(&[(smiles, conc)])
             .map_err(|e| sql_error(format!("{f}: {e}")))?;
-        Ok(Value::Blob(encode_f16(&v)))
+        Ok((Value::Blob(encode_f16(&v)), Some(SUBTYPE_F16)))
     })?;
     create_scalar(conn, "phenix_embed_phenomics", 2, embed_flags, |ctx| {
         let f = "phenix_embed_phenomics";
@@ -211,9 +185,14 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
                 } else {
                     "not a float32 profile (length not a multiple of 4)".to_string()
                 };
+                let hint = if b.len() == 2 * d {
+                    " (a float16 profile? convert it with phenix_f32(profile, 'float16'))"
+                } else {
+                    ""
+                };
                 return Err(sql_error(format!(
                     "{f} argument 2 (profile) expects float32[{d}]: got a {}-byte blob, {n}; \
-                     the model's profiles have {d} features ({} bytes)",
+                     the model's profiles have {d} features ({} bytes){hint}",
                     b.len(),
                     4 * d
                 )));
@@ -228,7 +207,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         let v = m
             .embed_phenomics(&profile)
             .map_err(|e| sql_error(format!("{f}: {e}")))?;
-        Ok(Value::Blob(encode_f16(&v)))
+        Ok((Value::Blob(encode_f16(&v)), Some(SUBTYPE_F16)))
     })?;
     const MODELS: Module<'static, Tvf<ModelsFn>> = Module::eponymous_only_module();
     const EMBED: Module<'static, Tvf<EmbedMoleculesFn>> = Module::eponymous_only_module();
@@ -294,7 +273,7 @@ fn load_fn(
     registry().lock().unwrap_or_else(|e| e.into_inner()).insert(
         name.clone(),
         Entry {
-            path,
+            source: Source::Dir(path),
             options,
             model: Some(m),
         },
@@ -340,8 +319,10 @@ impl TableFunction for EmbedMoleculesFn {
 }
 
 fn models_rows() -> rusqlite::Result<Vec<Vec<Value>>> {
-    // `default` is always listed (loading it here reports its real dimension).
-    model("default")?;
+    // `default` is always listed when compiled in (loading it here reports its real dimension).
+    if HAS_DEFAULT {
+        model("default")?;
+    }
     let r = registry().lock().unwrap_or_else(|e| e.into_inner());
     Ok(r.iter()
         .map(|(name, e)| {
@@ -367,7 +348,10 @@ fn models_rows() -> rusqlite::Result<Vec<Vec<Value>>> {
             };
             vec![
                 Value::Text(name.clone()),
-                Value::Text(e.path.display().to_string()),
+                match &e.source {
+                    Source::Dir(p) => Value::Text(p.display().to_string()),
+                    Source::Default => Value::Null,
+                },
                 dim,
                 Value::Text(provider),
                 feat,
@@ -396,6 +380,14 @@ fn embed_rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<
     let mut stmt = conn
         .prepare(&sql)
         .map_err(|e| sql_error(format!("{f}: the query does not prepare: {e}")))?;
+    // The query is run before any embedding fails or succeeds: one that writes (DELETE … RETURNING,
+    // INSERT … RETURNING, PRAGMA with side effects) would change the database even when the call
+    // then fails. Only statements that leave the database unchanged are run.
+    if !stmt.readonly() {
+        return Err(sql_error(format!(
+            "{f}: the query must only read the database (a SELECT or VALUES); it would change it: {sql}"
+        )));
+    }
     let ncol = stmt.column_count();
     if !(2..=3).contains(&ncol) {
         return Err(sql_error(format!(

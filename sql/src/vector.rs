@@ -11,9 +11,10 @@
 //! - With an expected dimension `N` ([`parse_vector`] with `Some((N, _))`, used for table columns) the
 //!   length decides: `2·N` bytes are `float16`, `4·N` bytes are `float32`, anything else is an error.
 //! - Without one ([`decode_vector`], used by the scalar functions) the caller says how blobs are encoded;
-//!   the SQL functions take it from an optional last argument `'float16'`/`'float32'` (default
-//!   `float32`). SQLite value subtypes are deliberately not used: they do not survive storage in a table,
-//!   so a blob would be read one way straight out of `phenix_f16()` and another way after an `INSERT`.
+//!   the SQL functions take it from the blob's SQLite subtype when it has one of phenix's
+//!   ([`SUBTYPE_F16`], [`SUBTYPE_F32`]: every blob phenix returns carries one), else from an optional
+//!   last argument `'float16'`/`'float32'`, else `float32`. Subtypes do not survive storage in a
+//!   column: a stored `float16` blob needs the argument again.
 //!
 //! Every decoded element is finite (NaN and ±inf are errors). An empty vector is an error.
 //!
@@ -25,6 +26,29 @@ use half::f16;
 use phenix_core::ElemType;
 use rusqlite::types::ValueRef;
 use std::fmt::Write as _;
+
+/// The SQLite subtype phenix gives the `float32` blobs it returns: 223, sqlite-vec's subtype for its
+/// `float32` vectors, so either extension reads the other's results right.
+pub const SUBTYPE_F32: u32 = 223;
+/// The SQLite subtype phenix gives the `float16` blobs it returns (104, `'h'` for half).
+pub const SUBTYPE_F16: u32 = 104;
+
+/// The subtype of a blob of `elem` elements ([`SUBTYPE_F32`] / [`SUBTYPE_F16`]).
+pub fn subtype_of(elem: ElemType) -> u32 {
+    match elem {
+        ElemType::F32 => SUBTYPE_F32,
+        ElemType::F16 => SUBTYPE_F16,
+    }
+}
+
+/// The element type a subtype tags, if it is one of phenix's (or sqlite-vec's `float32`).
+pub fn elem_of_subtype(subtype: u32) -> Option<ElemType> {
+    match subtype {
+        SUBTYPE_F32 => Some(ElemType::F32),
+        SUBTYPE_F16 => Some(ElemType::F16),
+        _ => None,
+    }
+}
 
 /// How a vector value was encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -182,7 +206,7 @@ pub fn parse_vector(
             decode_blob(b, blob_elem, what)?
         }
         other => {
-            let v = decode_vector(other, what, ElemType::F32).map_err(|e| match e {
+            let v = decode_vector_into(other, what, ElemType::F32, elem).map_err(|e| match e {
                 VectorError::Null { what, .. } => VectorError::Null {
                     what,
                     expected: expected.clone(),
@@ -218,6 +242,21 @@ pub fn decode_vector(
     what: &str,
     blob_elem: ElemType,
 ) -> Result<Decoded, VectorError> {
+    decode_vector_into(value, what, blob_elem, ElemType::F32)
+}
+
+/// [`decode_vector`] for a value that will be stored as `json_target`: with [`ElemType::F16`],
+/// each JSON number is rounded once, from its decimal text, to the nearest `float16` (ties to
+/// even; `|x| <= 65504` is required), and returned as that `float16`'s exact `f32` value, so that
+/// encoding it as `float16` afterwards changes nothing. (Rounding to `f32` first and then to
+/// `float16` would round twice: `1.00048828125001` would become 1, not the nearest 1.0009766.)
+/// Blobs are read as `blob_elem` either way.
+pub fn decode_vector_into(
+    value: ValueRef<'_>,
+    what: &str,
+    blob_elem: ElemType,
+    json_target: ElemType,
+) -> Result<Decoded, VectorError> {
     let expected = || format!("a vector (JSON text or a {} blob)", blob_elem.name());
     match value {
         ValueRef::Null => Err(VectorError::Null {
@@ -240,7 +279,7 @@ pub fn decode_vector(
                 position: char_position(t, e.valid_up_to()),
                 detail: "the text is not valid UTF-8".into(),
             })?;
-            let values = parse_json(s, what)?;
+            let values = parse_json(s, what, json_target)?;
             Ok(Decoded {
                 values,
                 encoding: Encoding::Json,
@@ -321,8 +360,9 @@ fn char_position(t: &[u8], byte: usize) -> usize {
         + 1
 }
 
-/// Parses a JSON array of numbers into `f32` (each number rounded once, from its decimal text).
-fn parse_json(s: &str, what: &str) -> Result<Vec<f32>, VectorError> {
+/// Parses a JSON array of numbers into `f32`: each number rounded once, from its decimal text, to
+/// the nearest `target` value (see [`decode_vector_into`]).
+fn parse_json(s: &str, what: &str, target: ElemType) -> Result<Vec<f32>, VectorError> {
     let b = s.as_bytes();
     let err = |pos: usize, detail: String| VectorError::Json {
         what: what.into(),
@@ -356,9 +396,22 @@ fn parse_json(s: &str, what: &str) -> Result<Vec<f32>, VectorError> {
                 .ok_or_else(|| err(start, format!("expected a number, found {}", found(start))))?;
             let text = &s[start..end];
             // Rust's parser rounds correctly to the nearest f32; the grammar was checked by scan_number.
-            let x: f32 = text
-                .parse()
-                .map_err(|_| err(start, format!("cannot read the number {text}")))?;
+            let x: f32 = match target {
+                ElemType::F32 => text
+                    .parse()
+                    .map_err(|_| err(start, format!("cannot read the number {text}")))?,
+                ElemType::F16 => match decimal_to_f16(text) {
+                    Some(h) => h.to_f32(),
+                    None => {
+                        return Err(VectorError::OutOfRange {
+                            what: what.into(),
+                            index: out.len(),
+                            value: text.into(),
+                            reason: F16_RANGE,
+                        })
+                    }
+                },
+            };
             if !x.is_finite() {
                 return Err(VectorError::OutOfRange {
                     what: what.into(),
@@ -387,6 +440,100 @@ fn parse_json(s: &str, what: &str) -> Result<Vec<f32>, VectorError> {
         return Err(VectorError::Empty { what: what.into() });
     }
     Ok(out)
+}
+
+/// The `float16` nearest to the decimal `text` (a JSON number), ties to even; `None` if
+/// `|text| > 65504`. Rust parses to the nearest `f64`; the two `float16` values around that `f64`
+/// are compared by their exact distance to it (`half`'s own `f64` conversion may go through `f32`,
+/// rounding twice). When the `f64` lands exactly on the midpoint between them, the decimal itself
+/// may lie just above or below it: then the decimal text is compared with the midpoint exactly.
+fn decimal_to_f16(text: &str) -> Option<f16> {
+    let x: f64 = text.parse().ok()?;
+    if x.abs() > f64::from(F16_MAX) {
+        return None;
+    }
+    // `approx` is within one float16 step of x; `lo` is the largest float16 <= x.
+    let approx = f16::from_f64(x);
+    let lo = if approx.to_f64() > x {
+        next_f16(approx, false)
+    } else {
+        approx
+    };
+    if lo.to_f64() == x {
+        return Some(lo);
+    }
+    let hi = next_f16(lo, true);
+    // Both differences are exact: the operands are within a factor of two of each other or one is 0.
+    let (d_lo, d_hi) = (x - lo.to_f64(), hi.to_f64() - x);
+    if d_lo != d_hi {
+        return Some(if d_lo < d_hi { lo } else { hi });
+    }
+    // x is the midpoint. Its exact decimal expansion (a dyadic rational with few significant
+    // bits: exact at 60 digits) against the text decides.
+    let exact = format!("{:.60e}", x.abs());
+    let (larger, smaller) = if x > 0.0 { (hi, lo) } else { (lo, hi) };
+    Some(
+        match compare_decimal(text.trim_start_matches('-'), &exact) {
+            std::cmp::Ordering::Greater => larger,
+            std::cmp::Ordering::Less => smaller,
+            // A true tie: the one with an even last bit.
+            std::cmp::Ordering::Equal => {
+                if lo.to_bits() & 1 == 0 {
+                    lo
+                } else {
+                    hi
+                }
+            }
+        },
+    )
+}
+
+/// The `float16` next to `h` upwards (`up`) or downwards.
+fn next_f16(h: f16, up: bool) -> f16 {
+    let bits = h.to_bits();
+    let positive = bits & 0x8000 == 0;
+    let mag = bits & 0x7fff;
+    let out = if up == positive {
+        // Away from zero.
+        bits + 1
+    } else if mag == 0 {
+        // From ±0 towards the other sign.
+        0x8001 ^ (bits & 0x8000)
+    } else {
+        bits - 1
+    };
+    f16::from_bits(out)
+}
+
+/// Compares two non-negative decimal numbers given as text (`12.5e-3`, `1.25000e1`) exactly.
+fn compare_decimal(a: &str, b: &str) -> std::cmp::Ordering {
+    /// (significant digits without leading or trailing zeros, decimal exponent of the first one).
+    fn normal(s: &str) -> (Vec<u8>, i64) {
+        let (mantissa, exp) = match s.find(['e', 'E']) {
+            Some(i) => (&s[..i], s[i + 1..].parse::<i64>().unwrap_or(0)),
+            None => (s, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let mut digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|c| c - b'0').collect();
+        let mut point = int.len() as i64 + exp;
+        while digits.first() == Some(&0) {
+            digits.remove(0);
+            point -= 1;
+        }
+        while digits.last() == Some(&0) {
+            digits.pop();
+        }
+        (digits, point)
+    }
+    let (da, pa) = normal(a);
+    let (db, pb) = normal(b);
+    match (da.is_empty(), db.is_empty()) {
+        (true, true) => return std::cmp::Ordering::Equal,
+        (true, false) => return std::cmp::Ordering::Less,
+        (false, true) => return std::cmp::Ordering::Greater,
+        _ => {}
+    }
+    pa.cmp(&pb).then_with(|| da.cmp(&db))
 }
 
 /// The end of a JSON number starting at `i` (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`), or
@@ -567,5 +714,119 @@ mod tests {
             assert_eq!(back[0].to_bits(), x.to_bits(), "{t}");
         }
         assert_eq!(to_json(&[1.0, 2.5, -3.0]), "[1,2.5,-3]");
+    }
+}
+
+#[cfg(test)]
+mod f16_rounding_tests {
+    use super::*;
+
+    /// `text` with `extra` appended to its significant digits (`1.5e0` + `0001` = `1.50001e0`).
+    fn nudge(exact: &str, extra: &str) -> String {
+        let (m, e) = exact.split_once('e').unwrap();
+        format!("{m}{extra}e{e}")
+    }
+
+    #[test]
+    fn json_to_float16_rounds_once_to_the_nearest_for_every_midpoint() {
+        // For every pair of adjacent positive float16 values: the exact midpoint (as decimal text)
+        // goes to the even one, and a decimal a hair above / below it goes up / down — the hair
+        // (1e-40 relative) is far below f64's resolution, so a parse through f64 or f32 alone
+        // would see the tie.
+        let mut checked = 0;
+        for bits in 0u16..0x7bff {
+            let (lo, hi) = (f16::from_bits(bits), f16::from_bits(bits + 1));
+            let mid = (lo.to_f64() + hi.to_f64()) / 2.0;
+            let exact = format!("{mid:.60e}");
+            let even = if bits % 2 == 0 { lo } else { hi };
+            assert_eq!(decimal_to_f16(&exact), Some(even), "tie {exact}");
+            assert_eq!(
+                decimal_to_f16(&nudge(&exact, "00000000000000000001")),
+                Some(hi),
+                "{exact}+"
+            );
+            // Just below: the midpoint's last significant digit (not 0: trailing zeros are trimmed)
+            // lowered by one, followed by 9s.
+            let (m, e) = exact.split_once('e').unwrap();
+            let mut digits: Vec<u8> = m.bytes().filter(|c| *c != b'.').collect();
+            while digits.last() == Some(&b'0') {
+                digits.pop();
+            }
+            let last = digits.len() - 1;
+            digits[last] -= 1;
+            digits.extend_from_slice(b"99999999999999999999");
+            let low_text = format!(
+                "{}.{}e{e}",
+                digits[0] as char,
+                std::str::from_utf8(&digits[1..]).unwrap()
+            );
+            assert_eq!(
+                decimal_to_f16(&low_text),
+                Some(lo),
+                "{low_text} (just below {exact})"
+            );
+            // Negative values mirror.
+            assert_eq!(decimal_to_f16(&format!("-{low_text}")), Some(-lo));
+            checked += 1;
+        }
+        assert_eq!(checked, 0x7bff);
+        // The case from the bug report, through the SQL-facing parser.
+        let v = parse_json(
+            "[1.00048828125001, 1.00048828125, 65504, -65504]",
+            "x",
+            ElemType::F16,
+        )
+        .unwrap();
+        assert_eq!(
+            encode_f16(&v),
+            [0x01, 0x3C, 0x00, 0x3C, 0xFF, 0x7B, 0xFF, 0xFB]
+        );
+        // Out of range stays an error (the rule is |x| <= 65504, as for float32 input).
+        assert!(matches!(
+            parse_json("[65504.0001]", "x", ElemType::F16),
+            Err(VectorError::OutOfRange { .. })
+        ));
+    }
+
+    /// The float16 nearest to `x` by binary search over the ordered bit patterns (no conversion
+    /// routine involved; random `x` is never exactly a tie).
+    fn nearest_by_search(x: f64) -> f16 {
+        let (mut a, mut b) = (0u16, 0x7bffu16); // magnitudes: f16 bits are ordered like values
+        let m = x.abs();
+        while a < b {
+            let mid = (a + b).div_ceil(2);
+            if f16::from_bits(mid).to_f64() <= m {
+                a = mid;
+            } else {
+                b = mid - 1;
+            }
+        }
+        let lo = f16::from_bits(a);
+        let hi = f16::from_bits((a + 1).min(0x7bff));
+        let best = if (m - lo.to_f64()).abs() <= (hi.to_f64() - m).abs() {
+            lo
+        } else {
+            hi
+        };
+        if x < 0.0 {
+            -best
+        } else {
+            best
+        }
+    }
+
+    #[test]
+    fn json_to_float16_matches_the_nearest_found_by_search() {
+        // Ordinary decimals: the nearest float16, found independently. (`half`'s `from_f64`
+        // rounds through f32 and fails this: 16983.999573841866 gives 16992, not 16976.)
+        let mut s = 0x1234_5678_9abc_def0u64;
+        for _ in 0..20_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let x = (s >> 11) as f64 / (1u64 << 53) as f64 * 131_000.0 - 65_500.0;
+            let text = format!("{x}");
+            assert_eq!(decimal_to_f16(&text), Some(nearest_by_search(x)), "{text}");
+        }
     }
 }

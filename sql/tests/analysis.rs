@@ -317,3 +317,110 @@ fn pack_reports_row_and_column_of_every_bad_cell() {
         )
         .unwrap();
 }
+
+/// `phenix_retrieve_all` with queries from an ordinary table or a view gives the same rows as with
+/// the same queries in a phenix table, and brute force agrees on the nearest target.
+#[test]
+fn retrieve_all_reads_queries_from_any_table_or_view() {
+    let c = conn();
+    c.execute_batch(
+        "CREATE VIRTUAL TABLE targets USING phenix(v float32[3] distance=cosine);
+         CREATE VIRTUAL TABLE q_phenix USING phenix(v float32[3] distance=cosine);
+         CREATE TABLE plate(well_id INTEGER, role TEXT, profile BLOB);",
+    )
+    .unwrap();
+    let mut s = 3u64;
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let targets: Vec<Vec<f32>> = (0..50).map(|_| (0..3).map(|_| next()).collect()).collect();
+    for (i, t) in targets.iter().enumerate() {
+        c.execute(
+            "INSERT INTO targets(rowid, v) VALUES (?1, ?2)",
+            rusqlite::params![i as i64 + 1, blob(t)],
+        )
+        .unwrap();
+    }
+    let queries: Vec<Vec<f32>> = (0..20).map(|_| (0..3).map(|_| next()).collect()).collect();
+    for (i, q) in queries.iter().enumerate() {
+        let id = 1000 + i as i64;
+        c.execute(
+            "INSERT INTO q_phenix(rowid, v) VALUES (?1, ?2)",
+            rusqlite::params![id, blob(q)],
+        )
+        .unwrap();
+        // Alternate float32 blobs and JSON text in the ordinary table.
+        let v: Value = if i % 2 == 0 {
+            Value::Blob(blob(q))
+        } else {
+            Value::Text(serde_json::to_string(q).unwrap())
+        };
+        c.execute(
+            "INSERT INTO plate VALUES (?1, 'trt', ?2)",
+            rusqlite::params![id, v],
+        )
+        .unwrap();
+    }
+    c.execute_batch("INSERT INTO plate VALUES (1, 'DMSO', '[1, 1, 1]'); CREATE VIEW trt AS SELECT well_id, profile FROM plate WHERE role = 'trt';").unwrap();
+    let rows = |sql: &str| -> Vec<(i64, i64, i64)> {
+        let mut st = c.prepare(sql).unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let want =
+        rows("SELECT query_rowid, rowid, rank FROM phenix_retrieve_all('targets', 'q_phenix', 3)");
+    assert_eq!(want.len(), 60);
+    let from_view = rows("SELECT query_rowid, rowid, rank FROM phenix_retrieve_all('targets', 'trt(well_id, profile)', 3)");
+    assert_eq!(from_view, want);
+    let from_table = rows("SELECT query_rowid, rowid, rank FROM phenix_retrieve_all('targets', 'main.plate(well_id, profile)', 3) WHERE query_rowid >= 1000");
+    assert_eq!(from_table, want);
+    // Brute force: the nearest target by cosine.
+    for (i, q) in queries.iter().enumerate() {
+        let cos = |t: &Vec<f32>| {
+            let d: f64 = q
+                .iter()
+                .zip(t)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            d / (n(q) * n(t))
+        };
+        let best = (0..targets.len())
+            .max_by(|&a, &b| cos(&targets[a]).total_cmp(&cos(&targets[b])))
+            .unwrap();
+        let top = want
+            .iter()
+            .find(|r| r.0 == 1000 + i as i64 && r.2 == 1)
+            .unwrap();
+        assert_eq!(top.1, best as i64 + 1);
+    }
+    // Errors: wrong dimension, missing column, a view without an id column, non-integer ids.
+    c.execute_batch("CREATE TABLE bad(id, v); INSERT INTO bad VALUES (1, '[1, 2]'); CREATE TABLE badid(id, v); INSERT INTO badid VALUES ('x', '[1, 2, 3]');").unwrap();
+    let err = |sql: &str| c.query_row(sql, [], |_| Ok(())).unwrap_err().to_string();
+    let e = err("SELECT count(*) FROM phenix_retrieve_all('targets', 'bad(id, v)', 1)");
+    assert!(
+        e.contains("query 1, column v") && e.contains("float32[3]"),
+        "{e}"
+    );
+    let e = err("SELECT count(*) FROM phenix_retrieve_all('targets', 'plate(nope)', 1)");
+    assert!(
+        e.contains("cannot read queries main.plate: no column nope"),
+        "{e}"
+    );
+    let e = err("SELECT count(*) FROM phenix_retrieve_all('targets', 'trt(profile)', 1)");
+    assert!(e.contains("a view has no rowid"), "{e}");
+    let e = err("SELECT count(*) FROM phenix_retrieve_all('targets', 'badid(id, v)', 1)");
+    assert!(e.contains("ids must be integers"), "{e}");
+    // It reads any table, so views and triggers may not call it.
+    c.execute_batch("CREATE VIEW r AS SELECT * FROM phenix_retrieve_all('targets', 'plate(well_id, profile)', 1)").unwrap();
+    let e = err("SELECT count(*) FROM r");
+    assert!(
+        e.contains("unsafe use of virtual table") || e.contains("phenix_retrieve_all"),
+        "{e}"
+    );
+}

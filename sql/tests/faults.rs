@@ -28,7 +28,7 @@ fn insert(c: &Connection, m: &mut Model, id: i64) -> rusqlite::Result<()> {
         "INSERT INTO t(rowid, v) VALUES (?1, ?2)",
         params![id, json(&v)],
     )?;
-    m.insert(id, f16_bytes(&v));
+    m.insert(id, json_f16_bytes(&v));
     Ok(())
 }
 
@@ -81,7 +81,7 @@ fn ops() -> Vec<(&'static str, Op)> {
                         "UPDATE t SET v = ?1 WHERE rowid = ?2",
                         params![json(&v), id],
                     )?;
-                    m.insert(id, f16_bytes(&v));
+                    m.insert(id, json_f16_bytes(&v));
                 }
                 c.execute("DELETE FROM t WHERE rowid % 5 = 0", [])?;
                 m.retain(|id, _| id % 5 != 0);

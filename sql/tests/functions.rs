@@ -2,6 +2,9 @@
 //! reference: distances and means recomputed in `f64` here, blob encodings against hand-written bit
 //! patterns. The same functions loaded as `libphenix.so` are checked against numpy in `tests/sql/`.
 
+mod common;
+
+use common::{f32_bytes as f32_blob, xorshift_vec as vector};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
 
@@ -29,24 +32,6 @@ fn err(c: &Connection, sql: &str) -> String {
         }
         Err(e) => panic!("{sql}: unexpected error {e:?}"),
     }
-}
-
-/// A deterministic pseudo-random vector (xorshift64*), elements in [-2, 2).
-fn vector(seed: u64, dim: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..dim)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let u = (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f64 / (1u64 << 24) as f64;
-            (u * 4.0 - 2.0) as f32
-        })
-        .collect()
-}
-
-fn f32_blob(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn json(v: &[f32]) -> String {

@@ -138,6 +138,8 @@ fn a_panic_in_every_callback_kind_is_an_sql_error() {
         "SELECT phenix_distance_l2('[0]', '[1]')",
     );
     expect_error(&c, "phenix_mean", "SELECT phenix_mean(v) FROM t");
+    expect_error(&c, "phenix_median", "SELECT phenix_median(v) FROM t");
+    expect_error(&c, "phenix_fit_info", "SELECT phenix_fit_info(NULL)");
     expect_error(
         &c,
         "phenix_retrieve",

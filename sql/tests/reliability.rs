@@ -30,7 +30,7 @@ fn insert(c: &Connection, t: &str, m: &mut Model, id: i64, seed: u64) {
         params![id, json(&v), tag],
     )
     .unwrap();
-    m.insert(id, (f16r(&v), tag));
+    m.insert(id, (json_f16r(&v), tag));
 }
 
 /// Every row of `t`: rowid → (vector bytes, tag).
@@ -47,7 +47,7 @@ fn assert_matches(c: &Connection, t: &str, m: &Model) {
     let got = contents(c, t);
     let want: BTreeMap<i64, (Vec<u8>, String)> = m
         .iter()
-        .map(|(id, (v, tag))| (*id, (f16_bytes(v), tag.clone())))
+        .map(|(id, (v, tag))| (*id, (json_f16_bytes(v), tag.clone())))
         .collect();
     assert_eq!(got.len(), want.len(), "row count");
     assert!(got == want, "table contents differ from the model");
@@ -107,7 +107,7 @@ fn churn(c: &Connection, t: &str, m: &mut Model) {
             params![json(&v), i],
         )
         .unwrap();
-        m.get_mut(&i).unwrap().0 = f16r(&v);
+        m.get_mut(&i).unwrap().0 = json_f16r(&v);
     }
     for i in (2..=600).step_by(12).chain((3..=600).step_by(3)) {
         if m.remove(&i).is_some() {
@@ -619,7 +619,7 @@ fn backup_while_another_connection_writes_is_a_committed_state() {
             .collect();
         for (id, blob, note) in rows {
             let want: Vec<f32> = serde_json::from_str(&note).unwrap();
-            assert_eq!(blob, f16_bytes(&want), "row {id}");
+            assert_eq!(blob, json_f16_bytes(&want), "row {id}");
             assert_eq!(want, rand_vec(id as u64, DIM));
         }
     }
@@ -667,7 +667,7 @@ fn other_connections_commits_are_taken_up() {
             let v = rand_vec(4242, DIM);
             w.execute("UPDATE t SET v = ?1 WHERE rowid = 7", [json(&v)])
                 .unwrap();
-            m.get_mut(&7).unwrap().0 = f16r(&v);
+            m.get_mut(&7).unwrap().0 = json_f16r(&v);
         }),
         ("row id update", |w, m| {
             w.execute("UPDATE t SET rowid = 700 WHERE rowid = 8", [])

@@ -16,10 +16,17 @@ data SMILES (seeded), one per line as `verdict<TAB>smiles<TAB>bits`, verdict 1 i
 MolFromSmiles accepts it, else 0, and bits the radius-2 / 2048-bit on-bits when accepted:
 phenix must accept and reject the same ones, and give the same bits.
 
+With --cases IN OUT it only reads IN, a JSON list of SMILES strings (any characters, including
+whitespace and control characters), and writes OUT, a JSON list of [accepted, bits] per SMILES:
+whether RDKit's MolFromSmiles returns a molecule with at least one atom, and the radius-2 /
+2048-bit on-bits then (models/tests/fingerprints.rs, edge cases of the SMILES grammar).
+
 Usage: rdkit_fingerprints.py --out FILE [--data DIR] [--files a.csv,b.csv] [--mutants FILE [--n-mutants N]]
+       rdkit_fingerprints.py --cases IN OUT
 """
 import argparse
 import csv
+import json
 import os
 import random
 import sys
@@ -36,7 +43,21 @@ SETTINGS = [(r, n, False, False) for r in (1, 2, 3) for n in (1024, 2048)] + [
 ]
 
 
+def cases(src, dst):
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    out = []
+    for smiles in json.load(open(src, encoding="utf-8")):
+        mol = Chem.MolFromSmiles(smiles)
+        # An empty SMILES gives an empty molecule, not None; phenix refuses it (no atoms).
+        ok = mol is not None and mol.GetNumAtoms() > 0
+        out.append([ok, list(gen.GetFingerprint(mol).GetOnBits()) if ok else []])
+    json.dump(out, open(dst, "w", encoding="utf-8"))
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--cases":
+        RDLogger.DisableLog("rdApp.*")
+        return cases(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "molecules"))

@@ -252,3 +252,44 @@ def test_a_second_sqlite_library_in_one_process_is_refused(ext):
     lines = p.stdout.strip().split("\n")
     assert "libphenix.so is already loaded into another SQLite library in this process" in lines[0], lines
     assert lines[1] == "2"
+
+
+def test_blobs_carry_their_element_type_through_chained_calls(host):
+    """Every blob phenix returns is tagged with an SQLite subtype (float16 / float32), so a chained
+    call reads it right without the element-type argument; a stored blob loses the tag (SQLite
+    drops subtypes on storage) and needs the argument again. Run on 3.40 (CLI, Python) and 3.54."""
+    assert host.one("SELECT phenix_to_json(phenix_f16('[1, 2.5, -3]'))") == "[1,2.5,-3]"
+    assert host.one("SELECT phenix_dims(phenix_f16('[1, 2, 3, 4]'))") == 4
+    assert host.one("SELECT phenix_to_json(phenix_f32(phenix_f16('[1, 2.5, -3]')))") == "[1,2.5,-3]"
+    assert host.one("SELECT phenix_to_json(phenix_normalize(phenix_f16('[0, 2]')))") == "[0,1]"
+    # Mixed: a float16 and a float32 blob in one call, each read by its own tag.
+    assert host.one("SELECT phenix_distance_l2(phenix_f16('[0, 0]'), phenix_f32('[3, 4]'))") == 5.0
+    # An aggregate's result is tagged too.
+    assert host.one(
+        "SELECT phenix_to_json(phenix_mean(phenix_f16(x))) FROM (SELECT '[1, 2]' AS x UNION ALL SELECT '[3, 4]')"
+    ) == "[2,3]"
+    # A subquery's column drops the tag (SQLite passes subtypes only from call to call): the
+    # 4-byte float16 blobs are read as float32 — one element — unless told.
+    assert host.one(
+        "SELECT phenix_dims(phenix_mean(x)) FROM (SELECT phenix_f16('[1, 2]') AS x UNION ALL SELECT phenix_f16('[3, 4]'))"
+    ) == 1
+    assert host.one(
+        "SELECT phenix_to_json(phenix_mean(x, 'float16')) FROM (SELECT phenix_f16('[1, 2]') AS x UNION ALL SELECT phenix_f16('[3, 4]'))"
+    ) == "[2,3]"
+    # Contradicting the tag is an error, not a reinterpretation.
+    e = host.error("SELECT phenix_to_json(phenix_f16('[1, 2]'), 'float32')")
+    assert "is a float16 blob" in e and "'float32'" in e, e
+    # Stored in a column, the tag is gone: the blob reads as float32 unless told.
+    host.run("CREATE TABLE t(v BLOB)")
+    host.run("INSERT INTO t VALUES (phenix_f16('[1, 2.5, -3, 4]'))")
+    assert host.one("SELECT phenix_dims(v) FROM t") == 2
+    assert host.one("SELECT phenix_to_json(v, 'float16') FROM t") == "[1,2.5,-3,4]"
+    # Embeddings are float16 blobs and say so.
+    assert host.one("SELECT phenix_dims(phenix_embed_molecule('default', 'CCO', 1.0))") == 256
+
+
+def test_an_error_quoting_a_nul_byte_keeps_its_message(host):
+    """SQLite takes error messages as C strings: a message quoting a NUL from the argument was
+    dropped whole ("SQL logic error"). The NUL is written as \\0 instead."""
+    e = host.error("SELECT phenix_dims('[1' || char(0) || ']')")
+    assert "phenix: phenix_dims() argument 1: malformed JSON vector" in e and "\\0" in e, e

@@ -221,3 +221,84 @@ def test_missing_runtime_library_is_a_clear_sql_error(ext, tmp_path):
     assert lines[0].startswith("[")  # the featurizer needs no runtime
     assert lines[1].startswith("ERROR phenix:"), p.stdout
     assert "no-such-libonnxruntime.so" in lines[1] and "ORT_DYLIB_PATH" in lines[1], lines[1]
+
+
+def test_embed_molecules_runs_read_only_queries_only(ext):
+    """A query that writes (DELETE/INSERT/UPDATE … RETURNING) is refused before it runs: the rows
+    must still be there afterwards, even though the call fails."""
+    c = connect(ext)
+    c.executescript(
+        """
+        CREATE TABLE src(smiles TEXT, um REAL);
+        INSERT INTO src VALUES ('CCO', 1.0), ('not a smiles', 1.0);
+        CREATE TABLE log(x);
+        """
+    )
+    for q in [
+        "DELETE FROM src RETURNING smiles, um",
+        "UPDATE src SET um = 2 RETURNING smiles, um",
+        "INSERT INTO src VALUES ('CC', 3.0) RETURNING smiles, um",
+    ]:
+        with pytest.raises(sqlite3.OperationalError) as e:
+            c.execute("SELECT * FROM phenix_embed_molecules('default', ?)", (q,)).fetchall()
+        assert "must only read the database" in str(e.value), (q, str(e.value))
+        assert c.execute("SELECT count(*), sum(um) FROM src").fetchone() == (2, 2.0), q
+    # Reading queries still work (VALUES and a SELECT with a CTE are read-only).
+    rows = c.execute(
+        "SELECT id, smiles FROM phenix_embed_molecules('default', "
+        "'WITH t AS (SELECT smiles, um FROM src WHERE smiles = ''CCO'') SELECT smiles, um FROM t')"
+    ).fetchall()
+    assert rows == [(1, "CCO")]
+    assert len(c.execute("SELECT * FROM phenix_embed_molecules('default', 'VALUES (''CC'', 1.0)')").fetchall()) == 1
+
+
+def test_model_load_refuses_a_fifo_manifest_without_blocking(ext, tmp_path):
+    """phenix_model_load on a bundle whose manifest is a FIFO must fail at once (a fresh process
+    with a timeout, so a regression fails instead of hanging the suite)."""
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    for f in ["molecule.onnx", "phenomics.onnx"]:
+        (bundle / f).symlink_to(ROOT / "models" / "default" / f)
+    os.mkfifo(bundle / "phenix-model.json")
+    script = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(':memory:'); c.enable_load_extension(True); c.load_extension(sys.argv[1])\n"
+        "try:\n"
+        "    c.execute('SELECT phenix_model_load(?, ?)', ('fifo', sys.argv[2])).fetchone()\n"
+        "    print('NO ERROR')\n"
+        "except sqlite3.OperationalError as e:\n"
+        "    print('ERROR', e)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script, str(ext), str(bundle)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("ERROR phenix:") and "not a regular file" in p.stdout, p.stdout
+
+
+def test_default_model_works_with_a_read_only_home_and_writes_nothing(ext, tmp_path):
+    """The compiled-in model loads from memory: with HOME, TMPDIR and the working directory
+    read-only and no XDG_CACHE_HOME it embeds, gives the same bytes as the bundle directory
+    loaded from disk, and leaves every one of those directories empty."""
+    home, tmp, cwd = tmp_path / "home", tmp_path / "tmp", tmp_path / "cwd"
+    for d in (home, tmp, cwd):
+        d.mkdir()
+        d.chmod(0o555)
+    script = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(':memory:'); c.enable_load_extension(True); c.load_extension(sys.argv[1])\n"
+        "a = c.execute(\"SELECT phenix_embed_molecule('default', 'CC(=O)Oc1ccccc1C(=O)O', 10.0)\").fetchone()[0]\n"
+        "c.execute('SELECT phenix_model_load(?, ?)', ('disk', sys.argv[2])).fetchone()\n"
+        "b = c.execute(\"SELECT phenix_embed_molecule('disk', 'CC(=O)Oc1ccccc1C(=O)O', 10.0)\").fetchone()[0]\n"
+        "print(len(a), a == b)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME",)}
+    env.update(HOME=str(home), TMPDIR=str(tmp))
+    p = subprocess.run(
+        [sys.executable, "-c", script, str(ext), str(ROOT / "models" / "default")],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+    )
+    for d in (home, tmp, cwd):
+        d.chmod(0o755)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["512", "True"], p.stdout
+    for d in (home, tmp, cwd):
+        assert list(d.rglob("*")) == [], (d, list(d.rglob("*")))

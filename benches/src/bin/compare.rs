@@ -1,4 +1,4 @@
-//! phenix vs sqlite-vec, side by side, through SQL (issue 7). Prints a ratio table.
+//! phenix vs sqlite-vec, side by side, through SQL. Prints a ratio table.
 //!
 //! ```text
 //! cargo run --release -p phenix-benches --bin compare -- [options]
@@ -12,7 +12,11 @@
 //!   --engines LIST      phenix,sqlite-vec (default both)
 //!   --dir PATH          working directory (default $TMPDIR/phenix-compare); the source database
 //!                       src-<data>-<N>x<D>.db is generated once and reused
-//!   --reuse             keep an engine's table from an earlier run if it exists (skips insert)
+//!   --reuse             keep an engine's table from an earlier run if it exists (skips insert);
+//!                       implies --keep
+//!   --keep              keep the databases afterwards (default: the run removes the source and
+//!                       engine databases and the id files it used, and --dir if that is then empty)
+//!   -h, --help          print this and exit
 //! ```
 //!
 //! Each engine runs in its own processes (the runner re-executes itself): one loads the table
@@ -43,14 +47,36 @@ struct Opts {
     engines: Vec<Engine>,
     dir: PathBuf,
     reuse: bool,
+    keep: bool,
     /// Internal: `(phase, engine)` of a child process.
     child: Option<(String, Engine)>,
 }
 
 const PARTS: [&str; 4] = ["insert", "knn", "filter", "batch"];
 
+/// `--help`: the option list of this file's header.
+const HELP: &str = "\
+phenix vs sqlite-vec, side by side, through SQL; prints a ratio table (docs/benchmarks.md).
+
+usage: cargo run --release -p phenix-benches --bin compare -- [options]
+  --rows N            rows in the table (default 100000)
+  --dim D             dimensions (default 256)
+  --data KIND         random | clustered (default random)
+  --knn-queries M     distinct queries timed one at a time per KNN measure (default 20)
+  --batch-queries Q   queries of the batch measure: sqlite-vec one by one vs phenix_retrieve_all
+                      (default 1000; 0 skips it)
+  --parts LIST        comma-separated subset of insert,knn,filter,batch (default all)
+  --engines LIST      phenix,sqlite-vec (default both)
+  --dir PATH          working directory (default $TMPDIR/phenix-compare)
+  --reuse             keep an engine's table from an earlier run if it exists (skips insert);
+                      implies --keep
+  --keep              keep the databases afterwards (default: remove the source and engine
+                      databases and id files of this run, and --dir if it is then empty)
+  -h, --help          print this and exit
+";
+
 fn usage(msg: &str) -> ! {
-    eprintln!("compare: {msg}\n(see the header of benches/src/bin/compare.rs for the options)");
+    eprintln!("compare: {msg}\n(compare --help lists the options)");
     std::process::exit(2)
 }
 
@@ -65,6 +91,7 @@ fn parse_args() -> Opts {
         engines: vec![Engine::Phenix, Engine::SqliteVec],
         dir: std::env::temp_dir().join("phenix-compare"),
         reuse: false,
+        keep: false,
         child: None,
     };
     let mut it = std::env::args().skip(1);
@@ -102,7 +129,15 @@ fn parse_args() -> Opts {
                     .collect()
             }
             "--dir" => o.dir = PathBuf::from(val()),
-            "--reuse" => o.reuse = true,
+            "--reuse" => {
+                o.reuse = true;
+                o.keep = true;
+            }
+            "--keep" => o.keep = true,
+            "-h" | "--help" => {
+                print!("{HELP}");
+                std::process::exit(0)
+            }
             "--child" => {
                 let v = val();
                 let (phase, e) = v.split_once(':').unwrap_or_else(|| usage("bad --child"));
@@ -402,6 +437,39 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("compare: load average after: {}", load.trim());
     report(&o, &res);
+    if !o.keep {
+        clean_up(&o);
+    }
+}
+
+/// Removes what this run wrote to `--dir` (the source and engine databases with their journals and
+/// sidecars, the id files), and the directory itself if nothing else is in it.
+fn clean_up(o: &Opts) {
+    let mut freed = 0u64;
+    let mut dbs = vec![o.source()];
+    dbs.extend(o.engines.iter().map(|&e| o.db(e)));
+    for db in &dbs {
+        freed += db_footprint(db);
+        remove_db(db);
+    }
+    // The id files of this run: ids-<engine>-<tag>-<measure>.txt (see Opts::ids).
+    let prefixes: Vec<String> = o
+        .engines
+        .iter()
+        .map(|e| format!("ids-{}-{}-", e.name(), o.tag()))
+        .collect();
+    for entry in std::fs::read_dir(&o.dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".txt") && prefixes.iter().any(|p| name.starts_with(p)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&o.dir); // only succeeds if empty
+    eprintln!(
+        "compare: removed {:.0} MB of databases from {} (--keep keeps them)",
+        freed as f64 / 1e6,
+        o.dir.display()
+    );
 }
 
 fn report(o: &Opts, res: &[(Engine, BTreeMap<String, f64>)]) {

@@ -21,6 +21,7 @@ use super::{
     arg_err, bh_qvalues, dot, profile_arg, pure, type_name, unit, AnalysisError, Key, SplitMix64,
     MAX_GROUP_VALUES,
 };
+use crate::error::Guarded;
 use rusqlite::functions::{Aggregate, Context};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
@@ -30,7 +31,15 @@ const F: &str = "phenix_activity";
 
 /// Registers `phenix_activity`.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
-    conn.create_aggregate_function(F, 4, pure(), Activity)?;
+    conn.create_aggregate_function(
+        F,
+        4,
+        pure(),
+        Guarded {
+            name: F,
+            inner: Activity,
+        },
+    )?;
     Ok(())
 }
 

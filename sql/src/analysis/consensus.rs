@@ -7,15 +7,32 @@
 //! gives NULL, as `phenix_mean` does.
 
 use super::{check_keys, num_opt, options_arg, profile_arg, pure, AnalysisError, Rows};
+use crate::error::Guarded;
 use crate::vector::encode_f32;
 use rusqlite::functions::{Aggregate, Context};
 use rusqlite::Connection;
 
 /// Registers both aggregates.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
-    conn.create_aggregate_function("phenix_median", 1, pure(), Median)?;
+    conn.create_aggregate_function(
+        "phenix_median",
+        1,
+        pure(),
+        Guarded {
+            name: "phenix_median",
+            inner: Median,
+        },
+    )?;
     for n in [1, 2] {
-        conn.create_aggregate_function("phenix_modz", n, pure(), Modz)?;
+        conn.create_aggregate_function(
+            "phenix_modz",
+            n,
+            pure(),
+            Guarded {
+                name: "phenix_modz",
+                inner: Modz,
+            },
+        )?;
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use super::{
     arg_err, check_keys, feature_list, features_hash, num_opt, options_arg, profile_arg, pure,
     type_name, AnalysisError, Fnv, Rows,
 };
+use crate::error::{create_scalar, Guarded};
 use crate::vector::encode_f32;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rusqlite::functions::{Aggregate, Context};
@@ -35,7 +36,7 @@ const MAGIC: &[u8; 8] = b"PHXNFIT\0";
 const VERSION: u32 = 1;
 const HEADER: usize = 56;
 /// Rows per GEMM update of the sphering Gram matrix.
-const CHUNK: usize = 256;
+const CHUNK: usize = 1024;
 /// pycytominer's MAD scale (`scale=1/1.4826` in scipy's `median_abs_deviation`).
 pub const MAD_SCALE: f64 = 1.4826;
 
@@ -252,24 +253,37 @@ impl Fit {
 /// Registers the three functions.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     for n in [2, 3] {
-        conn.create_aggregate_function(FIT, n, pure(), NormFit)?;
+        conn.create_aggregate_function(
+            FIT,
+            n,
+            pure(),
+            Guarded {
+                name: FIT,
+                inner: NormFit,
+            },
+        )?;
     }
     for n in [2, 3] {
-        conn.create_scalar_function(APPLY, n, pure(), apply_fn)?;
+        create_scalar(conn, APPLY, n, pure(), apply_fn)?;
     }
-    conn.create_scalar_function("phenix_fit_info", 1, pure(), |ctx| {
+    create_scalar(conn, "phenix_fit_info", 1, pure(), |ctx| {
         let fit = fit_arg(ctx.get_raw(0), "phenix_fit_info")?;
         Ok(fit.info().to_string())
     })?;
     Ok(())
 }
 
-/// (blob length, checksum, the bytes of a small blob, the decoded fit).
+/// Fits up to this size are compared byte for byte on a cache hit.
+const FULL_COMPARE: usize = 1 << 20;
+
+/// (blob length, checksum, the bytes compared on a hit, the decoded fit).
 type CacheEntry = (usize, u64, Option<Vec<u8>>, Arc<Fit>);
 
 thread_local! {
-    /// The last fits decoded on this thread, keyed by (length, checksum); a small fit is also compared
-    /// byte for byte. Saves re-parsing a d×d sphering matrix on every row of an `INSERT … SELECT`.
+    /// The last fits decoded on this thread, keyed by (length, checksum, bytes): a fit of up to
+    /// [`FULL_COMPARE`] bytes must match byte for byte; a larger one (a sphering matrix of more than
+    /// ~360 features) by length, header and checksum, which were verified against its contents
+    /// when it was first decoded. Saves re-parsing the parameters on every row of an `INSERT … SELECT`.
     static CACHE: RefCell<Vec<CacheEntry>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -296,7 +310,9 @@ fn fit_arg(v: ValueRef<'_>, func: &'static str) -> Result<Arc<Fit>, AnalysisErro
     if let Some(k) = key {
         let hit = CACHE.with(|c| {
             c.borrow().iter().find_map(|(len, sum, bytes, fit)| {
-                let same = *len == b.len() && *sum == k && bytes.as_deref().is_none_or(|x| x == b);
+                let same = *len == b.len()
+                    && *sum == k
+                    && bytes.as_deref() == Some(&b[..bytes.as_ref().map_or(0, Vec::len)]);
                 same.then(|| fit.clone())
             })
         });
@@ -314,7 +330,12 @@ fn fit_arg(v: ValueRef<'_>, func: &'static str) -> Result<Arc<Fit>, AnalysisErro
             if c.len() >= 8 {
                 c.remove(0);
             }
-            let bytes = (b.len() <= 1 << 16).then(|| b.to_vec());
+            let keep = if b.len() <= FULL_COMPARE {
+                b.len()
+            } else {
+                HEADER
+            };
+            let bytes = Some(b[..keep].to_vec());
             c.push((b.len(), k, bytes, fit.clone()));
         });
     }
@@ -706,7 +727,19 @@ impl FitAcc {
         }
         let z = MatRef::from_row_major_slice(&self.chunk, b, d);
         let g: MatMut<'_, f64> = self.gram.as_mut().expect("sphere").as_mut();
-        faer::linalg::matmul::matmul(g, Accum::Add, z.transpose(), z, 1.0f64, Par::Seq);
+        // Only the lower triangle of the symmetric Gram matrix is computed (half the flops).
+        use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+        matmul(
+            g,
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            z.transpose(),
+            BlockStructure::Rectangular,
+            z,
+            BlockStructure::Rectangular,
+            1.0f64,
+            Par::Seq,
+        );
         self.chunk.clear();
     }
 }
@@ -719,10 +752,17 @@ fn robust_params(
     let (n, d) = (rows.n, rows.dim);
     let mut center = Vec::with_capacity(d);
     let mut scale = Vec::with_capacity(d);
+    // Column-major copy, one pass over the rows (the row-major gather per column is cache-hostile).
+    let mut cols = vec![0f32; n * d];
+    for (i, row) in rows.data.chunks_exact(d).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            cols[j * n + i] = v;
+        }
+    }
     let mut col = vec![0f64; n];
     for j in 0..d {
-        for (i, c) in col.iter_mut().enumerate() {
-            *c = f64::from(rows.data[i * d + j]);
+        for (c, &v) in col.iter_mut().zip(&cols[j * n..(j + 1) * n]) {
+            *c = f64::from(v);
         }
         let med = super::median_in_place(&mut col);
         for c in col.iter_mut() {
@@ -765,7 +805,9 @@ fn sphere_params(
     let g0 = acc.gram.as_ref().expect("sphere");
     // Centred Gram: Σ (x-K)(x-K)ᵀ - s1 s1ᵀ / n.
     let mean: Vec<f64> = (0..d).map(|j| acc.s1[j] / nf).collect();
-    let mut g = Mat::<f64>::from_fn(d, d, |i, j| g0[(i, j)] - acc.s1[i] * acc.s1[j] / nf);
+    let mut g = Mat::<f64>::from_fn(d, d, |i, j| {
+        g0[(i.max(j), i.min(j))] - acc.s1[i] * acc.s1[j] / nf
+    });
     let center: Vec<f64> = (0..d).map(|j| acc.shift[j] + mean[j]).collect();
     let cor = matches!(method, Method::ZcaCor | Method::PcaCor);
     let mut scale = vec![1.0f64; d];

@@ -30,6 +30,7 @@ use super::{
     arg_err, bh_qvalues, check_keys, num_opt, options_arg, profile_arg, pure, AnalysisError, Key,
     SplitMix64, MAX_GROUP_VALUES,
 };
+use crate::error::Guarded;
 use faer::{Accum, MatMut, MatRef, Par};
 use rusqlite::functions::{Aggregate, Context};
 use rusqlite::types::ValueRef;
@@ -43,11 +44,22 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
             "phenix_activity_map",
             n,
             pure(),
-            MapAgg { activity: true },
+            Guarded {
+                name: "phenix_activity_map",
+                inner: MapAgg { activity: true },
+            },
         )?;
     }
     for n in [3, 4] {
-        conn.create_aggregate_function("phenix_map", n, pure(), MapAgg { activity: false })?;
+        conn.create_aggregate_function(
+            "phenix_map",
+            n,
+            pure(),
+            Guarded {
+                name: "phenix_map",
+                inner: MapAgg { activity: false },
+            },
+        )?;
     }
     Ok(())
 }

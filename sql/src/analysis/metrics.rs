@@ -15,6 +15,7 @@
 
 use super::map::{id_json, push_unit, sims_block};
 use super::{arg_err, type_name, AnalysisError, Key};
+use crate::error::Guarded;
 use rusqlite::functions::{Aggregate, Context};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
@@ -22,8 +23,24 @@ use std::collections::HashMap;
 
 /// Registers both aggregates.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
-    conn.create_aggregate_function("phenix_recall", 5, super::pure(), Recall)?;
-    conn.create_aggregate_function("phenix_moa_accuracy", 4, super::pure(), Moa)?;
+    conn.create_aggregate_function(
+        "phenix_recall",
+        5,
+        super::pure(),
+        Guarded {
+            name: "phenix_recall",
+            inner: Recall,
+        },
+    )?;
+    conn.create_aggregate_function(
+        "phenix_moa_accuracy",
+        4,
+        super::pure(),
+        Guarded {
+            name: "phenix_moa_accuracy",
+            inner: Moa,
+        },
+    )?;
     Ok(())
 }
 

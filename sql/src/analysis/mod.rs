@@ -154,8 +154,8 @@ pub(crate) fn profile_arg(
     }
 }
 
-/// A SQL value's kind, for messages.
-pub(crate) fn type_name(v: ValueRef<'_>) -> &'static str {
+/// A SQL value's kind, for messages ("an integer", "text", ...).
+pub fn type_name(v: ValueRef<'_>) -> &'static str {
     match v {
         ValueRef::Null => "NULL",
         ValueRef::Integer(_) => "an integer",

@@ -9,6 +9,7 @@
 
 use super::{arg_err, type_name, AnalysisError};
 use crate::error::catch_panic;
+use crate::error::create_scalar;
 use crate::tvf::{TableFunction, Tvf};
 use crate::vector::encode_f32;
 use rusqlite::functions::FunctionFlags;
@@ -32,7 +33,8 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_module(PACK, &PACK_M, None)?;
     const FEAT_M: Module<'static, Tvf<Features>> = Module::eponymous_only_module();
     conn.create_module("phenix_features", &FEAT_M, None)?;
-    conn.create_scalar_function(
+    create_scalar(
+        conn,
         "phenix_features_json",
         3,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY,

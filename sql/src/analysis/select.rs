@@ -20,6 +20,7 @@ use super::{
     arg_err, check_keys, feature_list, num_opt, options_arg, profile_arg, pure, type_name,
     AnalysisError, Rows,
 };
+use crate::error::{create_scalar, Guarded};
 use crate::vector::encode_f32;
 use faer::{Accum, Mat, MatRef, Par};
 use rusqlite::functions::{Aggregate, Context};
@@ -33,9 +34,17 @@ const SEL: &str = "phenix_select";
 /// Registers both functions.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     for n in [2, 3] {
-        conn.create_aggregate_function(FS, n, pure(), FeatureSelect)?;
+        conn.create_aggregate_function(
+            FS,
+            n,
+            pure(),
+            Guarded {
+                name: FS,
+                inner: FeatureSelect,
+            },
+        )?;
     }
-    conn.create_scalar_function(SEL, 3, pure(), select_fn)?;
+    create_scalar(conn, SEL, 3, pure(), select_fn)?;
     Ok(())
 }
 

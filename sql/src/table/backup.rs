@@ -53,6 +53,14 @@ pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Copies database `src` and its phenix vector files to `dest`; returns (tables, rows copied).
 pub fn backup(src: &Path, dest: &Path) -> rusqlite::Result<(u64, u64)> {
+    // The destination is a plain file name: a `file:` URI would be checked as literal text below and
+    // then opened as a URI naming another (possibly existing) database.
+    if dest.to_str().is_some_and(|d| d.starts_with("file:")) {
+        return Err(sql_error(format!(
+            "{F}: the destination {} is a URI; give a plain file path (phenix_backup creates a new database file and its sidecar directory)",
+            dest.display()
+        )));
+    }
     let dest_dir = sidecar::sidecar_dir(dest);
     for p in [dest, dest_dir.as_path()] {
         if std::fs::symlink_metadata(p).is_ok() {
@@ -146,7 +154,13 @@ fn copy_all(
             rows += committed;
         }
     }
-    let mut d = Connection::open(dest)?;
+    // Opened as a plain path (no URI interpretation).
+    let mut d = Connection::open_with_flags(
+        dest,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     {
         let b = Backup::new(s, &mut d)?;
         // All pages in one step, inside `s`'s read transaction.

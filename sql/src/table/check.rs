@@ -67,24 +67,84 @@ pub(crate) fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec
             return check_state(&st);
         }
     }
+    // One snapshot for the whole check: while a statement on the schema is open, every read of this
+    // connection belongs to the same read transaction (in WAL mode, the same snapshot; with a rollback
+    // journal, the shared lock keeps writers from committing), so `<t>_info`, the file and `<t>_rows`
+    // agree even while another connection writes.
+    let mut hold = conn.prepare(&format!(
+        "SELECT 1 FROM \"{}\".sqlite_master",
+        schema.replace('"', "\"\"")
+    ))?;
+    let mut held = hold.query([])?;
+    held.next()?;
+    let mut p = check_committed(conn, &schema, &table, db)?;
+    drop(held);
+    if !p.is_empty() {
+        p.push(format!(
+            "to recover: restore the database together with its sidecar directory from a backup (phenix_backup), or DROP TABLE {table} (which works on a damaged table) and load the rows again"
+        ));
+    }
+    Ok(p)
+}
+
+/// The committed state of table `schema.table`, read in the caller's read transaction.
+fn check_committed(
+    conn: &Connection,
+    schema: &str,
+    table: &str,
+    db: usize,
+) -> rusqlite::Result<Vec<String>> {
+    let (schema, table) = (schema.to_string(), table.to_string());
     let mut p = Vec::new();
+    declared_matches_stored(conn, &schema, &table, &mut p);
     let Some(info) = read_info(conn, &schema, &table, &mut p)? else {
         return Ok(p);
     };
     let mut store = match sidecar::db_file(conn, &schema)? {
-        Some(dbf) => match open_checked(&dbf, &table, &info, &mut p) {
-            Some(s) => s,
-            None => return Ok(p),
-        },
+        Some(dbf) => {
+            let path = sidecar::sidecar_path(&dbf, &info.id, info.generation);
+            if std::fs::symlink_metadata(&path).is_err()
+                && sidecar::newer_generation_exists(&dbf, &info.id, info.generation)
+            {
+                // This read transaction's snapshot predates a compaction that committed since, and the
+                // old file is gone: check through this connection's open copy of it, if it has one.
+                if let Some(s) = registry::lookup_state(&names::key(db, &schema, &table)) {
+                    if let Ok(st) = s.try_lock() {
+                        if st.usable().is_ok() && st.generation() == info.generation {
+                            let mut store = st.store();
+                            check_rows(conn, &schema, &table, &mut store, info.committed, &mut p)?;
+                            return Ok(p);
+                        }
+                    }
+                }
+                return Err(Error::SnapshotConflict(format!(
+                    "phenix_check: this read transaction's snapshot names vector file generation {} of {table}, which a later compaction replaced; retry the transaction (busy)",
+                    info.generation
+                ))
+                .into());
+            }
+            match open_checked(&dbf, &table, &info, &mut p) {
+                Some(s) => s,
+                None => return Ok(p),
+            }
+        }
         None => {
-            // In-memory tables: the vectors live in this process; check them through the connection.
+            // In-memory tables: the vectors live in this process; check them through the connection
+            // (unless the caller is that table's own integrity-check, which holds its state).
             let Some(s) = registry::lookup_state(&names::key(db, &schema, &table)) else {
                 p.push(format!(
                     "{table}: its in-memory vectors are not loaded in this connection"
                 ));
                 return Ok(p);
             };
-            let st = lock_state(&s);
+            let Ok(st) = s.try_lock() else {
+                p.push(format!("{table}: its in-memory vectors are in use"));
+                return Ok(p);
+            };
+            if let Err(e) = st.usable() {
+                p.push(e.to_string());
+                return Ok(p);
+            }
             let mut out = check_state(&st)?;
             p.append(&mut out);
             return Ok(p);
@@ -97,6 +157,16 @@ pub(crate) fn check_table(conn: &Connection, name: &str) -> rusqlite::Result<Vec
 /// Checks a connected table through its state (the command form, and a table inside a write
 /// transaction).
 pub(crate) fn check_state(st: &TableState) -> rusqlite::Result<Vec<String>> {
+    if let Err(e) = st.usable() {
+        // A table that could not be opened: check what is stored, as phenix_check does.
+        // SAFETY: only the handle's address is used, as a registry key.
+        let db = unsafe { st.conn().handle() } as usize;
+        let mut p = check_committed(st.conn(), st.schema(), st.name(), db)?;
+        if p.is_empty() {
+            p.push(e.to_string());
+        }
+        return Ok(p);
+    }
     let mut p = Vec::new();
     let Some(info) = read_info(st.conn(), st.schema(), st.name(), &mut p)? else {
         return Ok(p);
@@ -165,6 +235,13 @@ fn read_info(
         }
     }
     let id = vals.table_id();
+    if let Some(id) = &id {
+        for o in shadow::tables_claiming(conn, schema, id, table)? {
+            p.push(format!(
+                "{table}_info: its table id is also claimed by phenix table {o}; a table id must be unique in a database (DROP TABLE the copy)"
+            ));
+        }
+    }
     if id.is_none() {
         p.push(format!(
             "{table}_info: `table_id` is {}; expected 32 hex digits",
@@ -201,6 +278,69 @@ fn read_info(
         }),
         _ => None,
     })
+}
+
+/// Reports a stored definition (`<t>_info.definition`) that differs from the columns the schema declares
+/// (`CREATE VIRTUAL TABLE … USING phenix(…)` in `sqlite_master`): such a table refuses to open.
+fn declared_matches_stored(conn: &Connection, schema: &str, table: &str, p: &mut Vec<String>) {
+    let sql: Option<String> = conn
+        .query_row(
+            &format!(
+                "SELECT sql FROM \"{}\".sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+                schema.replace('"', "\"\"")
+            ),
+            [table],
+            |r| r.get(0),
+        )
+        .ok();
+    let stored = shadow::Info::read(conn, schema, table)
+        .ok()
+        .and_then(|i| i.text(DEFINITION).map(str::to_string));
+    let (Some(sql), Some(stored)) = (sql, stored) else {
+        return;
+    };
+    let Some(args) = module_args(&sql) else {
+        return;
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match schema::parse(table, &args) {
+        Ok(d) if d.canonical() != stored => p.push(format!(
+            "{table}: the declared columns `{}` differ from the stored definition `{stored}` ({table}_info); the table will not open",
+            d.canonical()
+        )),
+        Ok(_) => {}
+        Err(e) => p.push(format!("{table}: the declared columns do not parse: {e}")),
+    }
+}
+
+/// The module arguments of a `CREATE VIRTUAL TABLE … USING m(a, b, …)` statement, split as SQLite
+/// splits them: at commas outside parentheses and quotes, trimmed.
+fn module_args(sql: &str) -> Option<Vec<String>> {
+    let open = sql.find('(')?;
+    let close = sql.rfind(')')?;
+    let body = sql.get(open + 1..close)?;
+    let (mut out, mut cur, mut depth, mut quote) = (Vec::new(), String::new(), 0i32, None::<char>);
+    for ch in body.chars() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote = Some(ch),
+            (None, '[') if depth == 0 && cur.trim().is_empty() => quote = Some(']'),
+            (None, '(') => depth += 1,
+            (None, ')') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                out.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    Some(out)
 }
 
 fn describe(v: Option<&Value>) -> String {

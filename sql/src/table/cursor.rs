@@ -5,13 +5,14 @@
 use super::names::quoted;
 use super::plan::{self, IdxArg, Plan};
 use super::prefilter::{prefilter, MetaCache, MetaCond};
+use super::rank;
 use super::registry::{lock_state, search_threads, SharedState};
 use super::schema::TableDef;
 use super::state::TableState;
 use crate::args::{arg, owned, positive_k, table_err};
 use crate::error::{sql_error, Error};
 use crate::vector::parse_vector;
-use phenix_core::topk::{search, Candidates, SearchParams};
+use phenix_core::topk::Candidates;
 use phenix_core::{Bitmap, ElemType};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{sqlite3_vtab_cursor, Context, Filters};
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 struct OutRow {
     rowid: i64,
     slot: u64,
-    distance: Option<f32>,
+    distance: Option<f64>,
     /// Metadata and aux values (`None` for KNN rows: fetched when a column is asked for).
     cols: Option<Vec<Value>>,
 }
@@ -42,13 +43,15 @@ pub(crate) struct PhenixCursor {
 struct Bound {
     query: Option<Vec<f32>>,
     k: Option<usize>,
-    /// The tightest distance bound and whether it is `<=`.
-    max_d: Option<(f32, bool)>,
+    /// The tightest distance bound and whether it is `<=` (compared as doubles, as SQL would).
+    max_d: Option<(f64, bool)>,
     rowid: Option<Value>,
     /// SQL conditions on `<t>_rows`, their bound values, and the same constraints for the cache.
     conds: Vec<String>,
     cond_vals: Vec<Value>,
     meta_conds: Vec<MetaCond>,
+    /// Whether the conditions include ones the metadata cache cannot answer (IN lists, rowids).
+    uncached: bool,
 }
 
 impl Bound {
@@ -84,12 +87,41 @@ impl Bound {
                                 "phenix table {name}: the distance bound must be a number"
                             )))
                         }
-                    } as f32;
-                    if b.max_d.is_none_or(|(m, _)| t < m) {
-                        b.max_d = Some((t, *a == IdxArg::DistLe));
+                    };
+                    let le = *a == IdxArg::DistLe;
+                    // The tighter of two bounds; at the same value `<` is tighter than `<=`.
+                    if b.max_d
+                        .is_none_or(|(m, mle)| t < m || (t == m && mle && !le))
+                    {
+                        b.max_d = Some((t, le));
                     }
                 }
                 IdxArg::Rowid => b.rowid = Some(owned(v).map_err(|e| table_err(name, e))?),
+                IdxArg::RowidIn | IdxArg::MetaIn(_) => {
+                    let col = match *a {
+                        IdxArg::MetaIn(c) => quoted(&def.columns[c].name),
+                        _ => "rowid".to_string(),
+                    };
+                    let mut marks = Vec::new();
+                    for x in super::vtab_in::values(values, i)? {
+                        b.cond_vals.push(x);
+                        marks.push(format!("?{}", b.cond_vals.len()));
+                    }
+                    b.conds.push(if marks.is_empty() {
+                        "0".to_string()
+                    } else {
+                        format!("{col} IN ({})", marks.join(", "))
+                    });
+                    b.uncached = true;
+                }
+                IdxArg::MetaColl(col, op, coll) => {
+                    let c = format!("{} COLLATE {}", quoted(&def.columns[col].name), coll.name());
+                    b.conds.push(op.sql(&c, b.cond_vals.len() + 1));
+                    if op.has_rhs() {
+                        b.cond_vals.push(owned(v).map_err(|e| table_err(name, e))?);
+                    }
+                    b.uncached = true;
+                }
                 IdxArg::Meta(col, op) => {
                     let c = quoted(&def.columns[col].name);
                     b.conds.push(op.sql(&c, b.cond_vals.len() + 1));
@@ -143,15 +175,22 @@ impl PhenixCursor {
 
     /// The KNN plan: pre-filter on metadata (in memory when cached, else in SQLite), then rank only the
     /// qualifying live slots; rows by ascending distance, ties by ascending rowid.
-    fn knn(&self, st: &TableState, b: Bound) -> rusqlite::Result<Vec<OutRow>> {
+    fn knn(&self, st: &TableState, mut b: Bound) -> rusqlite::Result<Vec<OutRow>> {
         let q = b
             .query
+            .take()
             .ok_or_else(|| Error::Internal("KNN plan without a query".into()))?;
         let k = b.k.unwrap_or(usize::MAX);
         let live = st
             .live()
             .ok_or_else(|| Error::Internal("live set not loaded".into()))?;
         let n = st.visible_rows();
+        if let Some(r) = b.rowid.take() {
+            // `rowid = ?` beside MATCH: the one row, before the k nearest are chosen.
+            b.cond_vals.push(r);
+            b.conds.push(format!("rowid = ?{}", b.cond_vals.len()));
+            b.uncached = true;
+        }
         let filtered: Option<Bitmap> = if b.conds.is_empty() {
             None
         } else {
@@ -162,47 +201,40 @@ impl PhenixCursor {
             );
             Some(prefilter(
                 st,
-                &self.meta,
+                (!b.uncached).then_some(&*self.meta),
                 &b.meta_conds,
                 &sql,
                 &b.cond_vals,
                 live.bitmap(),
             )?)
         };
-        let mut params = SearchParams::new(k);
-        params.threads = search_threads();
-        params.candidates = match &filtered {
+        let candidates = match &filtered {
             Some(f) => Candidates::Bitmap(f),
             // Every visible slot live (no deletes): a plain range, no per-row bitmap test.
             None if live.bitmap().contains_all_below(n as usize) => Candidates::All,
             None => Candidates::Bitmap(live.bitmap()),
         };
-        if let Some((m, le)) = b.max_d {
-            params.max_distance = Some(if le { next_up(m) } else { m });
-        }
-        let hits = {
+        let req = rank::Request {
+            query: &q,
+            candidates,
+            k,
+            bound: b.max_d,
+            threads: search_threads(),
+        };
+        let ranked = {
             let mut store = st.store();
             let view = store.view(n).map_err(|e| table_err(st.name(), e))?;
-            search(&view, &q, &params).map_err(|e| table_err(st.name(), e))?
+            rank::rank(&view, &req, |s| live.rowid(s)).map_err(|e| table_err(st.name(), e))?
         };
-        let mut rows: Vec<OutRow> = hits
+        Ok(ranked
             .into_iter()
-            .filter_map(|h| {
-                Some(OutRow {
-                    rowid: live.rowid(h.slot)?,
-                    slot: h.slot,
-                    distance: Some(h.distance),
-                    cols: None,
-                })
+            .map(|(rowid, slot, d)| OutRow {
+                rowid,
+                slot,
+                distance: Some(d),
+                cols: None,
             })
-            .collect();
-        rows.sort_by(|a, b| {
-            a.distance
-                .unwrap_or(0.0)
-                .total_cmp(&b.distance.unwrap_or(0.0))
-                .then(a.rowid.cmp(&b.rowid))
-        });
-        Ok(rows)
+            .collect())
     }
 
     /// xNext.
@@ -258,7 +290,7 @@ impl PhenixCursor {
         }
         if i == def.distance_col() {
             return match row.distance {
-                Some(d) => ctx.set_result(&(d as f64)),
+                Some(d) => ctx.set_result(&d),
                 None => ctx.set_result(&Value::Null),
             };
         }
@@ -315,16 +347,4 @@ fn select_rows(st: &TableState, b: Bound) -> rusqlite::Result<Vec<OutRow>> {
         });
     }
     Ok(rows)
-}
-
-/// The next representable `f32` above `x` (turns `distance <= t` into `distance < next_up(t)`).
-fn next_up(x: f32) -> f32 {
-    if x.is_nan() || x == f32::INFINITY {
-        return x;
-    }
-    if x == 0.0 {
-        return f32::from_bits(1);
-    }
-    let b = x.to_bits();
-    f32::from_bits(if x > 0.0 { b + 1 } else { b - 1 })
 }

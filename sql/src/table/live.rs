@@ -1,7 +1,8 @@
 //! The live set of a table: which slots of the vector file hold live rows, and the row id of each.
 //!
 //! Invariants (kept by the methods here, the only code that changes a live set):
-//! - a slot is in `bitmap` iff `rowids[slot] != DEAD`;
+//! - a slot is live iff it is in `bitmap` (its entry in `rowids` is then the row id; any value, the
+//!   smallest i64 included, is a valid row id, so liveness never comes from the row-id map);
 //! - no two slots carry the same row id (rows come from `<t>_rows`, whose rowid is the primary key;
 //!   loading refuses two rows on one slot);
 //! - every slot is below the store length the set was loaded or extended for.
@@ -10,7 +11,7 @@ use crate::error::Error;
 use phenix_core::Bitmap;
 use rusqlite::Connection;
 
-/// Marks a slot with no live row in the row-id map.
+/// The row-id entry of a slot with no live row (only a filler: liveness is the bitmap's).
 const DEAD: i64 = i64::MIN;
 
 /// Which slots hold live rows, and their row ids (rebuilt from `<t>_rows` when stale).
@@ -20,9 +21,23 @@ pub(crate) struct Live {
     rowids: Vec<i64>,
 }
 
+/// The slot of `<t>_rows` row `rowid` as an integer; anything else is damage.
+fn slot_of(v: rusqlite::types::ValueRef<'_>, rowid: i64, table: &str) -> rusqlite::Result<i64> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Integer(s) => Ok(s),
+        other => Err(Error::Corrupt(format!(
+            "phenix table {table}: row {rowid} has a slot of type {:?} in {table}_rows; expected an integer; run phenix_check",
+            other.data_type()
+        ))
+        .into()),
+    }
+}
+
 impl Live {
-    /// Reads `SELECT rowid, slot FROM <rows>` into a live set over `len` slots; a row pointing past
-    /// `len` or two rows on one slot are damage.
+    /// Reads `SELECT rowid, slot FROM <rows>` into a live set over `len` slots (the rows that are
+    /// committed, or visible to this connection's own write transaction); a row pointing at or past
+    /// `len`, a slot that is not an integer, or two rows on one slot are damage.
     pub(crate) fn load(
         conn: &Connection,
         rows: &str,
@@ -36,10 +51,11 @@ impl Live {
         let mut st = conn.prepare(&format!("SELECT rowid, slot FROM {rows}"))?;
         let mut q = st.query([])?;
         while let Some(r) = q.next()? {
-            let (rowid, slot): (i64, i64) = (r.get(0)?, r.get(1)?);
+            let rowid: i64 = r.get(0)?;
+            let slot = slot_of(r.get_ref(1)?, rowid, table)?;
             if slot < 0 || slot as usize >= len {
                 return Err(Error::Corrupt(format!(
-                    "phenix table {table}: row {rowid} points at slot {slot}, but the vector file holds {len} rows; run phenix_check"
+                    "phenix table {table}: row {rowid} points at slot {slot}, but only {len} rows are committed; run phenix_check"
                 ))
                 .into());
             }
@@ -68,7 +84,8 @@ impl Live {
             let mut q = st.query([])?;
             while found.len() < want {
                 let Some(r) = q.next()? else { break };
-                let (rowid, slot): (i64, i64) = (r.get(0)?, r.get(1)?);
+                let rowid: i64 = r.get(0)?;
+                let slot = slot_of(r.get_ref(1)?, rowid, table)?;
                 if slot >= from as i64 {
                     if slot >= to as i64 {
                         return Err(Error::Corrupt(format!(
@@ -91,7 +108,7 @@ impl Live {
 
     /// Puts `rowid` on a free `slot` (loading): two rows on one slot are damage.
     fn claim(&mut self, slot: usize, rowid: i64, table: &str) -> rusqlite::Result<()> {
-        if self.rowids[slot] != DEAD {
+        if self.bitmap.contains(slot) {
             return Err(Error::Corrupt(format!(
                 "phenix table {table}: rows {} and {rowid} both point at slot {slot}; run phenix_check",
                 self.rowids[slot]
@@ -129,10 +146,12 @@ impl Live {
 
     /// The row id at `slot`, if it is live.
     pub(crate) fn rowid(&self, slot: u64) -> Option<i64> {
-        self.rowids
-            .get(slot as usize)
-            .copied()
-            .filter(|&r| r != DEAD)
+        let s = slot as usize;
+        if s < self.bitmap.len() && self.bitmap.contains(s) {
+            self.rowids.get(s).copied()
+        } else {
+            None
+        }
     }
 
     /// `(rowid, slot)` of every live row, by ascending rowid.

@@ -31,6 +31,7 @@ pub(crate) mod live;
 pub(crate) mod names;
 pub(crate) mod plan;
 pub(crate) mod prefilter;
+pub(crate) mod rank;
 pub(crate) mod registry;
 pub(crate) mod retrieve;
 pub(crate) mod schema;
@@ -38,6 +39,7 @@ pub(crate) mod shadow;
 pub(crate) mod sidecar;
 pub(crate) mod state;
 pub(crate) mod vtab;
+pub(crate) mod vtab_in;
 pub(crate) mod write;
 
 use crate::error::catch_panic;
@@ -167,7 +169,8 @@ pub(crate) fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     // static lives for the whole program.
     let module: &'static Module<'static, PhenixTab> =
         unsafe { &*(&MODULE as *const ffi::sqlite3_module as *const Module<'static, PhenixTab>) };
-    conn.create_module("phenix", module, None)?;
+    // The module's client data holds this connection's in-memory vectors; SQLite drops it at close.
+    conn.create_module("phenix", module, Some(registry::ConnStores::default()))?;
     check::register(conn)?;
     backup::register(conn)?;
     retrieve::register(conn)

@@ -6,8 +6,16 @@
 //!
 //! `idxNum`: 1 = KNN (MATCH on the vector column), 2 = point lookup by rowid, 3 = scan.
 //! `idxStr`: comma-separated tokens, one per argument: `m` (query vector), `k`, `l` (LIMIT),
-//! `d<` / `d<=` (distance bound), `r` (rowid =), and `c<col>:<op>` (metadata constraint on metadata
-//! column `col`, 0-based; `op` one of [`MetaOp`]'s tokens `= > >= < <= != is isnot null notnull`).
+//! `d<` / `d<=` (distance bound), `r` (rowid =), `R` (rowid IN, all values at once), and
+//! `c<col>:<op>` (metadata constraint on metadata column `col`, 0-based; `op` one of [`MetaOp`]'s tokens
+//! `= > >= < <= != is isnot null notnull`, or `in` for an IN list handled all at once).
+//!
+//! What a KNN plan filters *before* the k nearest are chosen (pre-filters): the metadata comparisons
+//! above with SQLite's default BINARY collation, IN lists on metadata columns and on rowid, `rowid =`,
+//! and the distance bound. Everything else SQLite applies to the k rows afterwards (post-filters, which
+//! can leave fewer than k rows): OR, functions of columns (`lower(s) = …`), LIKE/GLOB/REGEXP,
+//! comparisons with another collation (`COLLATE NOCASE`), constraints on `+aux` columns, and rowid
+//! ranges.
 //!
 //! To add a metadata operator: a [`MetaOp`] variant with its token, its SQLite constraint in
 //! [`best_index`], its SQL in [`MetaOp::sql`], and its ordering mask in `prefilter.rs`
@@ -142,8 +150,46 @@ pub(crate) enum IdxArg {
     DistLe,
     /// `rowid = ?`.
     Rowid,
+    /// `rowid IN (…)`, all values at once (`sqlite3_vtab_in`).
+    RowidIn,
     /// A metadata constraint on metadata column `.0` (0-based).
     Meta(usize, MetaOp),
+    /// `<metadata column .0> IN (…)`, all values at once (`sqlite3_vtab_in`).
+    MetaIn(usize),
+    /// A metadata constraint under a built-in collation other than BINARY.
+    MetaColl(usize, MetaOp, Coll),
+}
+
+/// The built-in collations a pre-filter applies in SQL (others are left to SQLite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coll {
+    /// `COLLATE NOCASE`
+    NoCase,
+    /// `COLLATE RTRIM`
+    Rtrim,
+}
+
+impl Coll {
+    /// The collation's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Coll::NoCase => "NOCASE",
+            Coll::Rtrim => "RTRIM",
+        }
+    }
+    fn token(self) -> &'static str {
+        match self {
+            Coll::NoCase => "nocase",
+            Coll::Rtrim => "rtrim",
+        }
+    }
+    fn from_token(t: &str) -> Option<Coll> {
+        match t {
+            "nocase" => Some(Coll::NoCase),
+            "rtrim" => Some(Coll::Rtrim),
+            _ => None,
+        }
+    }
 }
 
 impl IdxArg {
@@ -155,7 +201,10 @@ impl IdxArg {
             IdxArg::DistLt => "d<".into(),
             IdxArg::DistLe => "d<=".into(),
             IdxArg::Rowid => "r".into(),
+            IdxArg::RowidIn => "R".into(),
             IdxArg::Meta(c, o) => format!("c{c}:{}", o.token()),
+            IdxArg::MetaIn(c) => format!("c{c}:in"),
+            IdxArg::MetaColl(c, o, k) => format!("c{c}:{}/{}", o.token(), k.token()),
         }
     }
     fn from_token(t: &str) -> Option<IdxArg> {
@@ -166,9 +215,20 @@ impl IdxArg {
             "d<" => IdxArg::DistLt,
             "d<=" => IdxArg::DistLe,
             "r" => IdxArg::Rowid,
+            "R" => IdxArg::RowidIn,
             c => {
                 let (col, op) = c.strip_prefix('c')?.split_once(':')?;
-                IdxArg::Meta(col.parse().ok()?, MetaOp::from_token(op)?)
+                if op == "in" {
+                    IdxArg::MetaIn(col.parse().ok()?)
+                } else if let Some((op, coll)) = op.split_once('/') {
+                    IdxArg::MetaColl(
+                        col.parse().ok()?,
+                        MetaOp::from_token(op)?,
+                        Coll::from_token(coll)?,
+                    )
+                } else {
+                    IdxArg::Meta(col.parse().ok()?, MetaOp::from_token(op)?)
+                }
             }
         })
     }
@@ -195,7 +255,11 @@ pub(crate) fn parse(
         idx_str
             .split(',')
             .map(|t| match IdxArg::from_token(t) {
-                Some(IdxArg::Meta(c, _)) if c >= n_meta => None,
+                Some(IdxArg::Meta(c, _) | IdxArg::MetaIn(c) | IdxArg::MetaColl(c, _, _))
+                    if c >= n_meta =>
+                {
+                    None
+                }
                 a => a,
             })
             .collect::<Option<Vec<_>>>()
@@ -208,8 +272,9 @@ pub(crate) fn parse(
 pub(crate) fn best_index(def: &TableDef, info: &mut IndexInfo) -> rusqlite::Result<bool> {
     let nmeta = def.n_meta() as i32;
     let (dcol, kcol) = (def.distance_col(), def.k_col());
-    let mut args: Vec<(usize, IdxArg)> = Vec::new();
-    let mut has_match = false;
+    // (constraint index, argument, whether it is an IN list).
+    let mut args: Vec<(usize, IdxArg, bool)> = Vec::new();
+    let mut matches = 0;
     let mut has_rowid = false;
     for (i, c) in info.constraints().enumerate() {
         if !c.is_usable() {
@@ -220,7 +285,7 @@ pub(crate) fn best_index(def: &TableDef, info: &mut IndexInfo) -> rusqlite::Resu
         use IndexConstraintOp::*;
         let a = match (col, op) {
             (TableDef::VECTOR_COL, SQLITE_INDEX_CONSTRAINT_MATCH) => {
-                has_match = true;
+                matches += 1;
                 Some(IdxArg::Match)
             }
             (c, SQLITE_INDEX_CONSTRAINT_EQ) if c == kcol => Some(IdxArg::K),
@@ -231,16 +296,40 @@ pub(crate) fn best_index(def: &TableDef, info: &mut IndexInfo) -> rusqlite::Resu
                 has_rowid = true;
                 Some(IdxArg::Rowid)
             }
+            // The constraint's collation decides how it compares: BINARY (the cache's order), the
+            // built-in NOCASE and RTRIM (applied in the pre-filter's SQL); any other collation is
+            // left to SQLite.
             (c, op) if c >= 1 && c <= nmeta => {
-                MetaOp::from_constraint(op).map(|o| IdxArg::Meta(TableDef::meta_index(c), o))
+                let m = TableDef::meta_index(c);
+                match info.collation(i).map(str::to_ascii_uppercase).as_deref() {
+                    Ok("BINARY") => MetaOp::from_constraint(op).map(|o| IdxArg::Meta(m, o)),
+                    Ok("NOCASE") => {
+                        MetaOp::from_constraint(op).map(|o| IdxArg::MetaColl(m, o, Coll::NoCase))
+                    }
+                    Ok("RTRIM") => {
+                        MetaOp::from_constraint(op).map(|o| IdxArg::MetaColl(m, o, Coll::Rtrim))
+                    }
+                    _ => None,
+                }
             }
             _ => None,
         };
         if let Some(a) = a {
-            args.push((i, a));
+            let is_in = matches!(
+                a,
+                IdxArg::Rowid | IdxArg::Meta(_, MetaOp::Eq) | IdxArg::MetaColl(_, MetaOp::Eq, _)
+            ) && super::vtab_in::is_in(info, i);
+            args.push((i, a, is_in));
         }
     }
-    let plan = if has_match {
+    if matches > 1 {
+        return Err(Error::InvalidArgument(format!(
+            "phenix: a query may have one MATCH on {} per table reference; join the table to itself to search with two vectors",
+            def.vector
+        ))
+        .into());
+    }
+    let plan = if matches > 0 {
         Plan::Knn
     } else if has_rowid {
         Plan::Point
@@ -248,21 +337,52 @@ pub(crate) fn best_index(def: &TableDef, info: &mut IndexInfo) -> rusqlite::Resu
         Plan::Scan
     };
     // Only the arguments the plan uses.
-    args.retain(|(_, a)| match plan {
-        Plan::Knn => !matches!(a, IdxArg::Rowid),
+    args.retain(|(_, a, _)| match plan {
+        Plan::Knn => true,
         Plan::Point => matches!(a, IdxArg::Rowid),
-        Plan::Scan => matches!(a, IdxArg::Meta(..)),
+        Plan::Scan => matches!(a, IdxArg::Meta(..) | IdxArg::MetaColl(..)),
     });
+    if plan == Plan::Knn {
+        // With k, an IN list must filter as one set: SQLite would otherwise run the plan once per
+        // value and return k rows for each. Take it all at once; if SQLite cannot hand it over so,
+        // leave it to SQLite.
+        args.retain_mut(|(i, a, is_in)| {
+            if !*is_in {
+                return true;
+            }
+            if matches!(a, IdxArg::MetaColl(..)) {
+                // A collated IN list: SQLite applies it.
+                return false;
+            }
+            if !super::vtab_in::take_all(info, *i) {
+                return false;
+            }
+            *a = match *a {
+                IdxArg::Rowid => IdxArg::RowidIn,
+                IdxArg::Meta(c, _) => IdxArg::MetaIn(c),
+                other => other,
+            };
+            true
+        });
+    }
     // One rowid argument is enough.
     if plan == Plan::Point {
         args.truncate(1);
     }
-    for (argv, (i, a)) in (1..).zip(args.iter()) {
+    for (argv, (i, a, _)) in (1..).zip(args.iter()) {
         let mut u = info.constraint_usage(*i);
         u.set_argv_index(argv);
-        // Metadata constraints are re-checked by SQLite (same affinity rules, so the pre-filter is exact);
-        // k, MATCH, LIMIT and the distance bound are ours alone.
-        u.set_omit(!matches!(a, IdxArg::Meta(..) | IdxArg::Limit));
+        // Metadata and rowid constraints are re-checked by SQLite (same affinity rules, so the
+        // pre-filter is exact); k, MATCH, LIMIT and the distance bound are ours alone.
+        u.set_omit(!matches!(
+            a,
+            IdxArg::Meta(..)
+                | IdxArg::MetaIn(_)
+                | IdxArg::MetaColl(..)
+                | IdxArg::Limit
+                | IdxArg::Rowid
+                | IdxArg::RowidIn
+        ));
     }
     if plan == Plan::Knn {
         // Rows come out in ascending distance, ties by rowid.
@@ -277,7 +397,7 @@ pub(crate) fn best_index(def: &TableDef, info: &mut IndexInfo) -> rusqlite::Resu
             info.set_order_by_consumed(true);
         }
     }
-    let only: Vec<IdxArg> = args.into_iter().map(|(_, a)| a).collect();
+    let only: Vec<IdxArg> = args.into_iter().map(|(_, a, _)| a).collect();
     let (num, s) = encode(plan, &only);
     info.set_idx_num(num);
     info.set_idx_str(&s);
@@ -307,11 +427,17 @@ mod tests {
             IdxArg::Meta(0, MetaOp::Eq),
             IdxArg::Meta(2, MetaOp::NotNull),
             IdxArg::Meta(1, MetaOp::IsNot),
+            IdxArg::MetaIn(1),
+            IdxArg::MetaColl(0, MetaOp::Gt, Coll::NoCase),
+            IdxArg::RowidIn,
         ];
         let (n, s) = encode(Plan::Knn, &args);
         assert_eq!(
             (n, s.as_str()),
-            (1, "m,k,l,d<,d<=,c0:=,c2:notnull,c1:isnot")
+            (
+                1,
+                "m,k,l,d<,d<=,c0:=,c2:notnull,c1:isnot,c1:in,c0:>/nocase,R"
+            )
         );
         assert_eq!(parse(n, &s, 3).unwrap(), (Plan::Knn, args.to_vec()));
         assert_eq!(parse(3, "", 0).unwrap(), (Plan::Scan, vec![]));

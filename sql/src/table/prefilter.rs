@@ -13,12 +13,12 @@ use std::sync::Mutex;
 
 /// The slots passing every metadata constraint of a KNN query, among `live`'s members.
 ///
-/// Outside a transaction the constraints are evaluated against the table's [`MetaCache`] when it holds
-/// the columns (exactly as SQLite compares, see [`MetaCond`]); otherwise `sql` (`SELECT slot FROM
+/// Outside a transaction the constraints are evaluated against the table's [`MetaCache`] (when given:
+/// `None` for conditions it cannot answer, IN lists and rowids) when it holds the columns (exactly as SQLite compares, see [`MetaCond`]); otherwise `sql` (`SELECT slot FROM
 /// <t>_rows WHERE …` with `vals` bound) runs in SQLite.
 pub(crate) fn prefilter(
     st: &TableState,
-    cache: &Mutex<MetaCache>,
+    cache: Option<&Mutex<MetaCache>>,
     conds: &[MetaCond],
     sql: &str,
     vals: &[Value],
@@ -26,7 +26,7 @@ pub(crate) fn prefilter(
 ) -> rusqlite::Result<Bitmap> {
     let len = live.len();
     // Inside a transaction, a ROLLBACK would undo changes without a version bump: no cache there.
-    if st.conn().is_autocommit() && !st.in_write() {
+    if let Some(cache) = cache.filter(|_| st.conn().is_autocommit() && !st.in_write()) {
         let version = (
             st.data_version(),
             st.conn().total_changes(),

@@ -15,29 +15,77 @@ pub(crate) fn lock_state(s: &Mutex<TableState>) -> MutexGuard<'_, TableState> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Stores of in-memory (temp / `:memory:`) tables, by table id, so a re-connect within the connection
-/// (after a schema reset) finds the same vectors.
-type MemStores = Mutex<HashMap<[u8; 16], Arc<Mutex<VectorStore>>>>;
+/// Which in-memory table a store belongs to: (identity of the in-memory database, table id). The
+/// identity is the address of the database's pager file handle ([`super::sidecar::memory_identity`]):
+/// connections of one shared cache share it; every other database (another `:memory:`, a copy made
+/// with the backup API, a deserialized image) has its own, so two databases never share vectors even
+/// when a copy carries the same table id.
+pub(crate) type MemKey = (usize, [u8; 16]);
+
+/// The stores of in-memory tables: by [`MemKey`], the generation published last and a weak reference
+/// (the strong ones are each connection's [`ConnStores`] and its table states, so the vectors are freed
+/// when the last connection using them closes, or at `DROP TABLE`).
+type MemStores = Mutex<HashMap<MemKey, (u64, Weak<Mutex<VectorStore>>)>>;
 fn mem_stores() -> &'static MemStores {
     static M: OnceLock<MemStores> = OnceLock::new();
     M.get_or_init(Default::default)
 }
 
-/// Publishes the store of in-memory table `id` (made, or replaced by a committed compaction).
-pub(crate) fn publish_memory_store(id: [u8; 16], s: Arc<Mutex<VectorStore>>) {
-    mem_stores()
-        .lock()
+/// One connection's in-memory stores, held by the `phenix` module's client data: SQLite drops it when
+/// the connection closes. It keeps a table's vectors while SQLite disconnects and reconnects the table
+/// within the connection (a schema reset).
+pub(crate) type ConnStores = Arc<Mutex<HashMap<MemKey, Arc<Mutex<VectorStore>>>>>;
+
+/// Publishes the store of in-memory table `key` at `generation` (made, or replaced by a committed
+/// compaction), held by connection `conn`.
+pub(crate) fn publish_memory_store(
+    key: MemKey,
+    generation: u64,
+    s: &Arc<Mutex<VectorStore>>,
+    conn: &ConnStores,
+) {
+    let mut m = mem_stores().lock().unwrap_or_else(|e| e.into_inner());
+    m.retain(|_, (_, w)| w.strong_count() > 0);
+    m.insert(key, (generation, Arc::downgrade(s)));
+    conn.lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(id, s);
+        .insert(key, s.clone());
 }
 
-/// The store of in-memory table `id`, if this process made it.
-pub(crate) fn memory_store(id: &[u8; 16]) -> Option<Arc<Mutex<VectorStore>>> {
-    mem_stores()
-        .lock()
+/// The store of in-memory table `key` at `generation`, if this process holds it; the connection
+/// `conn` keeps it from then on.
+pub(crate) fn memory_store(
+    key: &MemKey,
+    generation: u64,
+    conn: &ConnStores,
+) -> Option<Arc<Mutex<VectorStore>>> {
+    let s = {
+        let m = mem_stores().lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(key) {
+            Some((g, w)) if *g == generation => w.upgrade(),
+            _ => None,
+        }
+    }?;
+    conn.lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(id)
-        .cloned()
+        .insert(*key, s.clone());
+    Some(s)
+}
+
+/// Connection `conn` no longer holds in-memory table `key` (its DROP TABLE committed).
+pub(crate) fn release_memory_store(key: &MemKey, conn: &ConnStores) {
+    conn.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+}
+
+/// Whether this process still holds the in-memory vectors of the table with hex id `id`.
+pub(crate) fn memory_store_alive(id: &str) -> bool {
+    super::names::unhex(id).is_some_and(|id| {
+        mem_stores()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|((_, i), (_, w))| *i == id && w.strong_count() > 0)
+    })
 }
 
 type Registry = Mutex<HashMap<Key, Weak<Mutex<TableState>>>>;

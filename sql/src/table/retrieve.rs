@@ -1,8 +1,11 @@
 //! `phenix_retrieve(table, query, k)` (table-valued → rowid, rank, distance; scalar → JSON) and
 //! `phenix_retrieve_all(target_table, query_table, k)` (every vector of one table against another through
-//! the batched GEMM path → query_rowid, rowid, rank, distance).
+//! the batched GEMM path → query_rowid, rowid, rank, distance). The queries are a phenix table, or any
+//! table or view with a vector column, named `'name(vector_column)'` or `'name(id_column,
+//! vector_column)'`; because it can read any table, `phenix_retrieve_all` is `SQLITE_DIRECTONLY`.
 
 use super::names::{self, qualified, split_name};
+use super::rank;
 use super::registry::{self, lock_state, search_threads, SharedState};
 use crate::args::{owned, positive_k, text_arg};
 use crate::error::{create_scalar, sql_error, Error};
@@ -117,6 +120,8 @@ impl TableFunction for RetrieveAllFn {
     const DECL: &'static CStr = c"CREATE TABLE x(query_rowid INTEGER, rowid INTEGER, rank INTEGER, distance REAL, target_table HIDDEN, query_table HIDDEN, k HIDDEN)";
     const VISIBLE: c_int = 4;
     const ARGS: c_int = 3;
+    // It reads any table or view named in its arguments (not only phenix tables).
+    const DIRECT_ONLY: bool = true;
     fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
         let f = Self::NAME;
         let target = text_arg(args[0], f, "target_table")?;
@@ -145,6 +150,11 @@ fn retrieve_all(
 ) -> rusqlite::Result<Vec<(i64, i64, i64, f64)>> {
     let f = "phenix_retrieve_all";
     let tt = table_state(conn, f, target)?;
+    if let Some(src) = QuerySource::parse(queries) {
+        let dim = lock_state(&tt).def().layout.dim();
+        let (qrowids, qvecs) = src.read(conn, dim)?;
+        return search_all(f, &tt, target, queries, &qrowids, &qvecs, dim, k);
+    }
     let qt = table_state(conn, f, queries)?;
     // Read the queries (and release that table before locking the target, which may be the same one).
     let (qrowids, qvecs, qdim) = {
@@ -170,7 +180,127 @@ fn retrieve_all(
             dim,
         )
     };
-    let mut t = lock_state(&tt);
+    search_all(f, &tt, target, queries, &qrowids, &qvecs, qdim, k)
+}
+
+/// Queries read from an ordinary table or view: `name(vector)` or `name(id, vector)`.
+struct QuerySource {
+    schema: String,
+    table: String,
+    id: Option<String>,
+    vector: String,
+}
+
+impl QuerySource {
+    /// `None` when `spec` has no column list (a phenix table).
+    fn parse(spec: &str) -> Option<QuerySource> {
+        let spec = spec.trim();
+        let open = spec.find('(')?;
+        let inner = spec[open + 1..].strip_suffix(')')?;
+        let cols: Vec<String> = inner.split(',').map(|c| c.trim().to_string()).collect();
+        let (id, vector) = match cols.as_slice() {
+            [v] if !v.is_empty() => (None, v.clone()),
+            [i, v] if !i.is_empty() && !v.is_empty() => (Some(i.clone()), v.clone()),
+            _ => return None,
+        };
+        let (schema, table) = split_name(spec[..open].trim());
+        Some(QuerySource {
+            schema,
+            table,
+            id,
+            vector,
+        })
+    }
+
+    /// The (id, vector) rows; vectors are JSON text, float32 blobs or float16 blobs of `dim` elements.
+    fn read(&self, conn: &Connection, dim: usize) -> rusqlite::Result<(Vec<i64>, Vec<f32>)> {
+        let f = "phenix_retrieve_all";
+        let q = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
+        let id = self.id.as_deref().map_or("rowid".to_string(), q);
+        let from = qualified(&self.schema, &self.table);
+        // A double-quoted name that is no column would silently be a string literal: check first.
+        let cols: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1, ?2)")?
+            .query_map([&self.table, &self.schema], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if cols.is_empty() {
+            return Err(sql_error(format!(
+                "{f}: no table or view {}.{}",
+                self.schema, self.table
+            )));
+        }
+        for c in self.id.iter().chain(std::iter::once(&self.vector)) {
+            if !cols.iter().any(|x| x.eq_ignore_ascii_case(c)) {
+                return Err(sql_error(format!(
+                    "{f}: cannot read queries {}.{}: no column {c} (columns: {})",
+                    self.schema,
+                    self.table,
+                    cols.join(", ")
+                )));
+            }
+        }
+        let sql = format!("SELECT {id}, {} FROM {from}", q(&self.vector));
+        let mut st = conn.prepare(&sql).map_err(|e| {
+            sql_error(format!(
+                "{f}: cannot read queries {}.{}({}{}): {e}{}",
+                self.schema,
+                self.table,
+                self.id
+                    .as_deref()
+                    .map_or(String::new(), |i| format!("{i}, ")),
+                self.vector,
+                if self.id.is_none() {
+                    " (a view has no rowid: name its id column, 'view(id, vector)')"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        let mut rows = st.query([])?;
+        let (mut ids, mut vecs) = (Vec::new(), Vec::new());
+        while let Some(r) = rows.next()? {
+            let idv = match r.get_ref(0)? {
+                ValueRef::Integer(i) => i,
+                other => {
+                    return Err(sql_error(format!(
+                        "{f}: query id column {} holds {} in row {}; ids must be integers{}",
+                        self.id.as_deref().unwrap_or("rowid"),
+                        crate::analysis::type_name(other),
+                        ids.len() + 1,
+                        if self.id.is_none() {
+                            " (a view has no rowid: name its id column, 'view(id, vector)')"
+                        } else {
+                            ""
+                        }
+                    )))
+                }
+            };
+            let what = format!("query {idv}, column {}", self.vector);
+            let v = crate::vector::parse_vector(
+                r.get_ref(1)?,
+                &what,
+                Some((dim, phenix_core::ElemType::F32)),
+            )?;
+            ids.push(idv);
+            vecs.extend_from_slice(&v);
+        }
+        Ok((ids, vecs))
+    }
+}
+
+/// Top-k of every query vector in the target table.
+#[allow(clippy::too_many_arguments)]
+fn search_all(
+    f: &str,
+    tt: &SharedState,
+    target: &str,
+    queries: &str,
+    qrowids: &[i64],
+    qvecs: &[f32],
+    qdim: usize,
+    k: usize,
+) -> rusqlite::Result<Vec<(i64, i64, i64, f64)>> {
+    let mut t = lock_state(tt);
     if t.def().layout.dim() != qdim {
         return Err(sql_error(format!(
             "{f}: {queries} holds {qdim}-dimensional vectors but {target} holds {}",
@@ -183,23 +313,49 @@ fn retrieve_all(
     let live = t
         .live()
         .ok_or_else(|| Error::Internal("live set not loaded".into()))?;
+    let mut store = t.store();
+    let view = store
+        .view(n)
+        .map_err(|e| Error::store(format!("{f}: "), e))?;
     let hits = {
-        let mut p = SearchParams::new(k);
+        // One row more than asked, to see whether the k-th distance is (nearly) shared.
+        let mut p = SearchParams::new(k.saturating_add(1));
         p.candidates = Candidates::Bitmap(live.bitmap());
         p.threads = threads;
-        let mut store = t.store();
-        let view = store
-            .view(n)
-            .map_err(|e| Error::store(format!("{f}: "), e))?;
-        search_batch(&view, &qvecs, &p).map_err(|e| Error::store(format!("{f}: "), e))?
+        search_batch(&view, qvecs, &p).map_err(|e| Error::store(format!("{f}: "), e))?
     };
     let mut out = Vec::new();
     for (qi, hs) in hits.into_iter().enumerate() {
-        let mut rows: Vec<(i64, f64)> = hs
-            .into_iter()
-            .filter_map(|h| Some((live.rowid(h.slot)?, h.distance as f64)))
-            .collect();
-        rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        // The batched (GEMM) distances differ from the per-query kernels' in the last bits, so rows
+        // whose distances are within rounding of each other could come out in another order, or
+        // another row at the k-th distance, than MATCH gives. Such a query is ranked again exactly,
+        // as MATCH ranks it (ties by rowid); so is one whose distances overflowed float32.
+        let close = |a: f32, b: f32| (b - a).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0);
+        let exact = hs.iter().any(|h| !h.distance.is_finite())
+            || hs.windows(2).any(|w| close(w[0].distance, w[1].distance));
+        let rows: Vec<(i64, f64)> = if exact {
+            let q = &qvecs[qi * qdim..(qi + 1) * qdim];
+            let req = rank::Request {
+                query: q,
+                candidates: Candidates::Bitmap(live.bitmap()),
+                k,
+                bound: None,
+                threads,
+            };
+            rank::rank(&view, &req, |s| live.rowid(s))
+                .map_err(|e| Error::store(format!("{f}: "), e))?
+                .into_iter()
+                .map(|(r, _, d)| (r, d))
+                .collect()
+        } else {
+            let mut rows: Vec<(i64, f64)> = hs
+                .into_iter()
+                .take(k)
+                .filter_map(|h| Some((live.rowid(h.slot)?, h.distance as f64)))
+                .collect();
+            rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            rows
+        };
         for (rank, (rowid, d)) in rows.into_iter().enumerate() {
             out.push((qrowids[qi], rowid, rank as i64 + 1, d));
         }

@@ -52,6 +52,11 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, String> {
     let mut aux = Vec::new();
     let mut seen: Vec<String> = Vec::new();
     let usage = "expected `name float16[N] [distance=cosine|l2|dot]`, `name TYPE` or `+name TYPE`";
+    if RESERVED.contains(&table.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "phenix table {table}: a phenix table cannot be named `{table}`: distance, k, rank, rowid, oid and _rowid_ name its hidden and row-id columns"
+        ));
+    }
     for raw in args {
         let arg = raw.trim();
         if arg.is_empty() {
@@ -88,12 +93,19 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, String> {
             }
             let dim = dim.map_err(|e| format!("phenix table {table}: `{arg}`: {e}"))?;
             let mut metric = Metric::Cosine;
+            let mut metric_given = false;
             for opt in &toks[2..] {
                 let (k, v) = opt.split_once('=').ok_or_else(|| {
                     format!("phenix table {table}: `{arg}`: option `{opt}` must be key=value (distance=cosine|l2|dot)")
                 })?;
                 match k.to_ascii_lowercase().as_str() {
+                    "distance" | "distance_metric" if metric_given => {
+                        return Err(format!(
+                            "phenix table {table}: `{arg}`: the distance is given twice; give one of distance=cosine|l2|dot"
+                        ))
+                    }
                     "distance" | "distance_metric" => {
+                        metric_given = true;
                         metric = Metric::parse(v).ok_or_else(|| {
                             format!("phenix table {table}: `{arg}`: unknown distance `{v}`; expected cosine, l2 or dot")
                         })?

@@ -63,6 +63,27 @@ pub(crate) fn phenix_tables(conn: &Connection, schema: &str) -> rusqlite::Result
     Ok(v)
 }
 
+/// The other phenix tables of `schema` (not `except`) whose `<t>_info` names table id `id`.
+pub(crate) fn tables_claiming(
+    conn: &Connection,
+    schema: &str,
+    id: &[u8; 16],
+    except: &str,
+) -> rusqlite::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for t in phenix_tables(conn, schema)? {
+        if t.eq_ignore_ascii_case(except) {
+            continue;
+        }
+        if let Ok(info) = Info::read(conn, schema, &t) {
+            if info.table_id().as_ref() == Some(id) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Whether `schema.table` is a phenix table (an error if the schema cannot be read).
 pub(crate) fn is_phenix_table(
     conn: &Connection,

@@ -3,7 +3,9 @@
 //!
 //! The vector file lives at `<database file>-phenix/<table_id>.g<generation>.phx`: the directory comes
 //! from the database's own filename (`pragma_database_list`), the name from the hex table id; nothing in
-//! the schema names a path. Temp and `:memory:` databases keep vectors in memory.
+//! the schema names a path. In-memory databases of every kind keep vectors in memory and never touch the
+//! file system: temp, `:memory:`, `mode=memory` URIs (also with a shared cache), the memdb VFS, and
+//! images loaded with `sqlite3_deserialize` (which SQLite names `x` on the memdb VFS).
 
 use super::names::{hex, unhex};
 use super::shadow::{self, Info, GENERATION};
@@ -12,7 +14,8 @@ use phenix_core::store::{Layout, VectorStore};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
-/// The database file of `schema`, or `None` for temp / in-memory databases.
+/// The database file of `schema`, or `None` for an in-memory database (no file name, or the memdb VFS:
+/// a deserialized image or `file:…?vfs=memdb`, whose "file name" names no file).
 pub(crate) fn db_file(conn: &Connection, schema: &str) -> rusqlite::Result<Option<PathBuf>> {
     // `pragma_database_list` gives the file of each schema ('' for temp and :memory:).
     let file: Option<String> = conn
@@ -22,7 +25,77 @@ pub(crate) fn db_file(conn: &Connection, schema: &str) -> rusqlite::Result<Optio
             |r| r.get(0),
         )
         .optional()?;
-    Ok(file.filter(|f| !f.is_empty()).map(PathBuf::from))
+    let Some(file) = file.filter(|f| !f.is_empty()) else {
+        return Ok(None);
+    };
+    if vfs_name(conn, schema).as_deref() == Some("memdb") {
+        return Ok(None);
+    }
+    Ok(Some(PathBuf::from(file)))
+}
+
+/// The name of the VFS serving `schema` (`SQLITE_FCNTL_VFS_POINTER`), if SQLite reports one.
+fn vfs_name(conn: &Connection, schema: &str) -> Option<String> {
+    use rusqlite::ffi;
+    let db = std::ffi::CString::new(schema).ok()?;
+    let mut vfs: *mut ffi::sqlite3_vfs = std::ptr::null_mut();
+    // SAFETY: a live handle, a NUL-terminated schema name and an out-pointer of the type
+    // SQLITE_FCNTL_VFS_POINTER writes; the VFS object outlives the connection.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            db.as_ptr(),
+            ffi::SQLITE_FCNTL_VFS_POINTER,
+            (&mut vfs as *mut *mut ffi::sqlite3_vfs).cast(),
+        )
+    };
+    if rc != ffi::SQLITE_OK || vfs.is_null() {
+        return None;
+    }
+    // SAFETY: a registered VFS has a NUL-terminated name that lives as long as the VFS.
+    let name = unsafe { (*vfs).zName };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: as above.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// The identity of the in-memory database `schema`: the address of its pager's file handle
+/// (`SQLITE_FCNTL_FILE_POINTER`), shared by the connections of one shared cache and by nothing else
+/// while the database is open. Falls back to (handle, schema) if SQLite has no pager for it.
+pub(crate) fn memory_identity(conn: &Connection, schema: &str) -> usize {
+    use rusqlite::ffi;
+    let fallback = || {
+        // SAFETY: only the handle's address is used.
+        let h = unsafe { conn.handle() } as usize;
+        h ^ schema
+            .bytes()
+            .fold(0usize, |a, b| a.rotate_left(5) ^ b as usize)
+    };
+    let Ok(db) = std::ffi::CString::new(schema) else {
+        return fallback();
+    };
+    let mut f: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: a live handle, a NUL-terminated schema name and an out-pointer of the type
+    // SQLITE_FCNTL_FILE_POINTER writes; only the address is kept, never dereferenced.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            db.as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&mut f as *mut *mut ffi::sqlite3_file).cast(),
+        )
+    };
+    if rc == ffi::SQLITE_OK && !f.is_null() {
+        f as usize
+    } else {
+        fallback()
+    }
 }
 
 /// The sidecar directory of a database file: `<file>-phenix`.

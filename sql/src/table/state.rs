@@ -9,7 +9,7 @@ mod txn;
 use super::live::Live;
 use super::registry;
 use super::schema::TableDef;
-use super::shadow::{self, Info, COMMITTED, DEFINITION, GENERATION};
+use super::shadow::{self, Info, COMMITTED, DEFINITION, FORMAT, FORMAT_VERSION, GENERATION};
 use super::sidecar::{self, db_file, Expected};
 use crate::args::table_err;
 use crate::error::Error;
@@ -49,17 +49,24 @@ pub(crate) struct TableState {
     remapping: bool,
     /// The `remaps` value this transaction wrote at xSync, taken over at xCommit.
     remaps_written: Option<i64>,
-    /// `(savepoint, store length at the savepoint)`.
-    savepoints: Vec<(i32, u64)>,
+    /// The state at each open savepoint this table saw (`xSavepoint(i)`), by index; `None` when the
+    /// savepoint was opened before this transaction's first write (the state then is `begin`).
+    savepoints: Vec<(i32, Option<txn::Snapshot>)>,
+    /// The state at this write transaction's first write (`begin_write`): what `ROLLBACK`, and a
+    /// `ROLLBACK TO` a savepoint this table has no entry for, return to.
+    begin: Option<txn::Snapshot>,
     /// Whether this connection already removed orphaned sidecar files (once per connection of the
     /// table, at its first write: a readdir and a schema scan are not worth repeating per statement;
     /// reset after a compaction commits or rolls back, so the file it left behind goes at the next write).
     orphans_collected: bool,
     /// The generation of the vector file in use (`<t>_info.generation`).
     generation: u64,
-    /// The compactions made in the current write transaction, oldest first; each is undone if the
-    /// transaction, or a savepoint open when it ran, rolls back.
-    compactions: Vec<compact::Compaction>,
+    /// Why the table could not be opened, if it could not ([`TableState::connect`]).
+    broken: Option<Broken>,
+    /// For an in-memory table: its key in the process-wide store registry.
+    mem: Option<registry::MemKey>,
+    /// This connection's in-memory stores (the module's client data).
+    keep: registry::ConnStores,
 }
 
 impl TableState {
@@ -69,6 +76,7 @@ impl TableState {
         schema: &str,
         name: &str,
         def: TableDef,
+        keep: registry::ConnStores,
     ) -> rusqlite::Result<Self> {
         let id = random_table_id();
         shadow::create(&conn, schema, name, &id, &def)?;
@@ -87,66 +95,69 @@ impl TableState {
             }
             None => {
                 let a = Arc::new(Mutex::new(VectorStore::in_memory(def.layout)));
-                registry::publish_memory_store(id, a.clone());
-                a
+                let key = (sidecar::memory_identity(&conn, schema), id);
+                registry::publish_memory_store(key, 0, &a, &keep);
+                let mut st = Self::new(conn, schema, name, def, id, a, 0);
+                st.mem = Some(key);
+                st.keep = keep;
+                return Ok(st);
             }
         };
-        Ok(Self::new(conn, schema, name, def, id, store, 0))
+        let mut st = Self::new(conn, schema, name, def, id, store, 0);
+        st.keep = keep;
+        Ok(st)
     }
 
-    /// `xConnect`: opens an existing table.
+    /// `xConnect`: opens an existing table. A table that cannot be opened (a missing or damaged vector
+    /// file, damaged shadow tables, another table claiming its id) still connects, *broken*: every read
+    /// and write returns the open error, while `DROP TABLE` works, so damage never traps a table in the
+    /// schema. Only a snapshot conflict (`SQLITE_BUSY`, retry) fails the connect itself.
     pub(crate) fn connect(
         conn: Connection,
         schema: &str,
         name: &str,
         def: TableDef,
+        keep: registry::ConnStores,
     ) -> rusqlite::Result<Self> {
-        let info = Info::read(&conn, schema, name)?;
-        let damaged = |what: &str| -> rusqlite::Error {
-            Error::Corrupt(format!(
-                "phenix table {name}: shadow table {name}_info has no valid {what}"
-            ))
-            .into()
-        };
-        let id = info.table_id().ok_or_else(|| {
-            Error::Corrupt(format!("phenix table {name}: shadow table {name}_info has no valid table_id; the table is damaged"))
-        })?;
-        let committed = info
-            .count(COMMITTED)
-            .ok_or_else(|| damaged("committed count"))?;
-        let generation = info
-            .count(GENERATION)
-            .ok_or_else(|| damaged("generation"))?;
-        if let Some(d) = info.text(DEFINITION) {
-            if d != def.canonical() {
-                return Err(Error::InvalidArgument(format!(
-                    "phenix table {name}: the declared columns `{}` differ from the stored definition `{d}`",
-                    def.canonical()
-                ))
-                .into());
+        match open_existing(&conn, schema, name, &def, &keep) {
+            Ok((id, committed, generation, store)) => {
+                let in_memory = store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .path()
+                    .is_none();
+                let mem = in_memory.then(|| (sidecar::memory_identity(&conn, schema), id));
+                let mut st = Self::new(conn, schema, name, def, id, store, committed);
+                st.generation = generation;
+                st.mem = mem;
+                st.keep = keep;
+                Ok(st)
+            }
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Err(e),
+            Err(e) => {
+                let layout = def.layout;
+                let mut st = Self::new(
+                    conn,
+                    schema,
+                    name,
+                    def,
+                    [0; 16],
+                    Arc::new(Mutex::new(VectorStore::in_memory(layout))),
+                    0,
+                );
+                st.broken = Some(Broken::from(e));
+                st.keep = keep;
+                Ok(st)
             }
         }
-        let store = match db_file(&conn, schema)? {
-            Some(db) => Arc::new(Mutex::new(open_file(
-                &conn,
-                schema,
-                name,
-                &db,
-                &Expected {
-                    table: name,
-                    id: &id,
-                    generation,
-                    committed,
-                    layout: Some(def.layout),
-                },
-            )?)),
-            None => registry::memory_store(&id).ok_or_else(|| {
-                Error::CantOpen(format!("phenix table {name}: its in-memory vectors are gone (the process that made them ended)"))
-            })?,
-        };
-        let mut st = Self::new(conn, schema, name, def, id, store, committed);
-        st.generation = generation;
-        Ok(st)
+    }
+
+    /// The open error of a broken table ([`TableState::connect`]), as a fresh error.
+    pub(crate) fn usable(&self) -> rusqlite::Result<()> {
+        match &self.broken {
+            None => Ok(()),
+            Some(b) => Err(b.error(&self.name)),
+        }
     }
 
     fn new(
@@ -170,12 +181,15 @@ impl TableState {
             committed,
             in_write: false,
             savepoints: Vec::new(),
+            begin: None,
             orphans_collected: false,
             remaps: 0,
             remapping: false,
             remaps_written: None,
             generation: 0,
-            compactions: Vec::new(),
+            broken: None,
+            mem: None,
+            keep: registry::ConnStores::default(),
         }
     }
 
@@ -275,6 +289,14 @@ impl TableState {
                     },
                 )?;
                 self.store = Arc::new(Mutex::new(s));
+            } else if let Some(key) = self.mem {
+                // Another connection of a shared in-memory database compacted: its new store.
+                self.store = registry::memory_store(&key, generation, &self.keep).ok_or_else(|| {
+                    Error::CantOpen(format!(
+                        "phenix table {}: the in-memory vectors of generation {generation} are gone",
+                        self.name
+                    ))
+                })?;
             }
             self.generation = generation;
             self.live = None;
@@ -287,6 +309,7 @@ impl TableState {
     /// Before a read: if another connection committed since the last load, reload the committed count and
     /// the live set.
     pub(crate) fn refresh_for_read(&mut self) -> rusqlite::Result<()> {
+        self.usable()?;
         let dv = self.data_version_now()?;
         if dv != self.data_version && !self.in_write {
             let (c, g, m) = self.read_info()?;
@@ -339,7 +362,9 @@ impl TableState {
     }
 
     fn load_live(&mut self) -> rusqlite::Result<()> {
-        let len = self.store().len() as usize;
+        // Only slots this connection may read: a `<t>_rows` entry pointing past the committed rows
+        // (a crafted or damaged count) is refused here rather than read as another row's vector.
+        let len = self.visible_rows() as usize;
         self.live = Some(Live::load(&self.conn, &self.rows_table(), len, &self.name)?);
         Ok(())
     }
@@ -348,7 +373,17 @@ impl TableState {
     /// clean-up of the next connection that writes (or creates a phenix table) once no table refers to
     /// it ([`sidecar::collect_orphans`]).
     pub(crate) fn destroy(&mut self) -> rusqlite::Result<()> {
-        shadow::drop_tables(&self.conn, &self.schema, &self.name)
+        shadow::drop_tables(&self.conn, &self.schema, &self.name)?;
+        // An in-memory table's vectors go with it once the drop cannot roll back: at once in
+        // autocommit mode; inside a transaction they stay until the connection closes (a ROLLBACK
+        // brings the table back and needs them).
+        if let Some(key) = self.mem {
+            if self.conn.is_autocommit() {
+                registry::release_memory_store(&key, &self.keep);
+                self.store = Arc::new(Mutex::new(VectorStore::in_memory(self.def.layout)));
+            }
+        }
+        Ok(())
     }
 
     /// `ALTER TABLE … RENAME`: renames the shadow tables (the vector file is named by the table id).
@@ -357,6 +392,125 @@ impl TableState {
         self.name = new.to_string();
         Ok(())
     }
+}
+
+/// The open error of a broken table: its SQLite code and message.
+struct Broken {
+    code: std::ffi::c_int,
+    msg: String,
+}
+
+impl From<rusqlite::Error> for Broken {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(f, m) => Broken {
+                code: f.extended_code,
+                msg: m.unwrap_or_else(|| f.to_string()),
+            },
+            other => Broken {
+                code: rusqlite::ffi::SQLITE_ERROR,
+                msg: other.to_string(),
+            },
+        }
+    }
+}
+
+impl Broken {
+    fn error(&self, table: &str) -> rusqlite::Error {
+        let mut msg = self.msg.clone();
+        if !msg.starts_with("phenix: ") {
+            msg.insert_str(0, "phenix: ");
+        }
+        msg.push_str(&format!(
+            " (phenix_check('{table}') describes the damage; restore the database and its sidecar directory from a backup, or DROP TABLE {table})"
+        ));
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(self.code), Some(msg))
+    }
+}
+
+/// What [`open_existing`] found: table id, committed count, generation and the store.
+type Opened = ([u8; 16], u64, u64, Arc<Mutex<VectorStore>>);
+
+/// Reads `<t>_info`, checks it (a table id no other table of the schema claims, a committed count,
+/// a generation, format 1, the declared definition) and opens the vector store; `(id, committed,
+/// generation, store)`.
+fn open_existing(
+    conn: &Connection,
+    schema: &str,
+    name: &str,
+    def: &TableDef,
+    keep: &registry::ConnStores,
+) -> rusqlite::Result<Opened> {
+    let info = Info::read(conn, schema, name)?;
+    let damaged = |what: &str| -> rusqlite::Error {
+        Error::Corrupt(format!(
+            "phenix table {name}: shadow table {name}_info has no valid {what}"
+        ))
+        .into()
+    };
+    let id = info.table_id().ok_or_else(|| {
+        Error::Corrupt(format!(
+            "phenix table {name}: shadow table {name}_info has no valid table_id; the table is damaged"
+        ))
+    })?;
+    let committed = info
+        .count(COMMITTED)
+        .ok_or_else(|| damaged("committed count"))?;
+    let generation = info
+        .count(GENERATION)
+        .ok_or_else(|| damaged("generation"))?;
+    match info.get(FORMAT) {
+        None => {}
+        Some(rusqlite::types::Value::Integer(f)) if *f as u64 == FORMAT_VERSION && *f >= 0 => {}
+        Some(other) => {
+            return Err(Error::Corrupt(format!(
+                "phenix table {name}: {name}_info names format {other:?}; this phenix reads format {FORMAT_VERSION} only"
+            ))
+            .into())
+        }
+    }
+    if let Some(d) = info.text(DEFINITION) {
+        if d != def.canonical() {
+            return Err(Error::InvalidArgument(format!(
+                "phenix table {name}: the declared columns `{}` differ from the stored definition `{d}`",
+                def.canonical()
+            ))
+            .into());
+        }
+    }
+    let others = shadow::tables_claiming(conn, schema, &id, name)?;
+    if let Some(o) = others.first() {
+        return Err(Error::Corrupt(format!(
+            "phenix table {name}: its table id is also claimed by phenix table {o}; a table id must be unique in a database (a copied or crafted shadow table)"
+        ))
+        .into());
+    }
+    let store = match db_file(conn, schema)? {
+        Some(db) => Arc::new(Mutex::new(open_file(
+            conn,
+            schema,
+            name,
+            &db,
+            &Expected {
+                table: name,
+                id: &id,
+                generation,
+                committed,
+                layout: Some(def.layout),
+            },
+        )?)),
+        None => registry::memory_store(
+            &(sidecar::memory_identity(conn, schema), id),
+            generation,
+            keep,
+        )
+        .ok_or_else(|| {
+            Error::CantOpen(format!(
+                "phenix table {name}: its vectors are not in this in-memory database (vectors of in-memory databases live in the process that made them, with that database: a copy made with the backup API or serialize/deserialize, or a database whose connections all closed, holds the table without them); DROP TABLE {name} removes it"
+            ))
+        })?,
+    };
+    Ok((id, committed, generation, store))
 }
 
 /// Opens the vector file `want` names, after telling a snapshot conflict apart from a missing file.

@@ -46,6 +46,7 @@ impl PhenixTab {
         table: &[u8],
         args: &[&[u8]],
         create: bool,
+        aux: Option<&registry::ConnStores>,
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
         let schema = utf8(schema, "schema name")?.to_string();
         let name = utf8(table, "table name")?.to_string();
@@ -62,11 +63,13 @@ impl PhenixTab {
         let conn = unsafe { rusqlite::Connection::from_handle(handle) }?;
         let decl = CString::new(def.declare(&name))
             .map_err(|_| sql_error("column name holds a NUL byte"))?;
+        // Registered by `register`, so always present; a fresh map only if SQLite passed none.
+        let keep = aux.cloned().unwrap_or_default();
         let st = if create {
             sidecar::collect_orphans(&conn, &schema, Some(&name))?;
-            TableState::create(conn, &schema, &name, def)?
+            TableState::create(conn, &schema, &name, def, keep)?
         } else {
-            TableState::connect(conn, &schema, &name, def)?
+            TableState::connect(conn, &schema, &name, def, keep)?
         };
         db.config(VTabConfig::Innocuous)?;
         let key = names::key(handle as usize, &schema, &name);
@@ -105,18 +108,20 @@ impl Drop for PhenixTab {
 
 // SAFETY: `PhenixTab` is `#[repr(C)]` with `sqlite3_vtab` as its first field, as rusqlite requires.
 unsafe impl<'vtab> VTab<'vtab> for PhenixTab {
-    type Aux = ();
+    type Aux = registry::ConnStores;
     type Cursor = PhenixCursor;
 
     fn connect(
         db: &mut VTabConnection,
-        _aux: Option<&()>,
+        aux: Option<&registry::ConnStores>,
         _module: &[u8],
         schema: &[u8],
         table: &[u8],
         args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        catch_panic("xConnect", || Self::init(db, schema, table, args, false))
+        catch_panic("xConnect", || {
+            Self::init(db, schema, table, args, false, aux)
+        })
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
@@ -138,13 +143,13 @@ impl CreateVTab<'_> for PhenixTab {
 
     fn create(
         db: &mut VTabConnection,
-        _aux: Option<&()>,
+        aux: Option<&registry::ConnStores>,
         _module: &[u8],
         schema: &[u8],
         table: &[u8],
         args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        catch_panic("xCreate", || Self::init(db, schema, table, args, true))
+        catch_panic("xCreate", || Self::init(db, schema, table, args, true, aux))
     }
 
     fn destroy(&self) -> rusqlite::Result<()> {

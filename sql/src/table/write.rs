@@ -25,6 +25,11 @@ pub(crate) fn delete(state: &Mutex<TableState>, rowid: ValueRef<'_>) -> rusqlite
     let rowid = rowid.as_i64()?;
     let mut st = lock_state(state);
     st.begin_write()?;
+    remove_row(&mut st, rowid)
+}
+
+/// Removes row `rowid` (if it exists) inside the write transaction.
+fn remove_row(st: &mut TableState, rowid: i64) -> rusqlite::Result<()> {
     let rows = st.rows_table();
     let slot: Option<i64> = rusqlite::OptionalExtension::optional(st.conn().query_row(
         &format!("SELECT slot FROM {rows} WHERE rowid = ?1"),
@@ -43,15 +48,75 @@ pub(crate) fn delete(state: &Mutex<TableState>, rowid: ValueRef<'_>) -> rusqlite
     Ok(())
 }
 
+/// What a write does about an existing row with the row id it is about to take.
+#[derive(PartialEq)]
+enum OnConflict {
+    /// No such row, or it was removed (`OR REPLACE`): go on.
+    Proceed,
+    /// `OR IGNORE`: leave the table as it is.
+    Skip,
+}
+
+/// Applies the statement's conflict mode (`sqlite3_vtab_on_conflict`) to a write that would give row
+/// id `rowid` to a new or moved row, as SQLite does for an ordinary table: REPLACE removes the row
+/// holding it, IGNORE skips the write, anything else is a constraint error naming the table.
+fn rowid_conflict(st: &mut TableState, rowid: i64) -> rusqlite::Result<OnConflict> {
+    let rows = st.rows_table();
+    let exists: bool = st.conn().query_row(
+        &format!("SELECT EXISTS(SELECT 1 FROM {rows} WHERE rowid = ?1)"),
+        [rowid],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(OnConflict::Proceed);
+    }
+    // SAFETY: called inside xUpdate on the vtab's own connection, as the API requires.
+    let mode = unsafe { rusqlite::ffi::sqlite3_vtab_on_conflict(st.conn().handle()) };
+    match mode {
+        rusqlite::ffi::SQLITE_REPLACE => {
+            remove_row(st, rowid)?;
+            Ok(OnConflict::Proceed)
+        }
+        rusqlite::ffi::SQLITE_IGNORE => Ok(OnConflict::Skip),
+        _ => Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+            Some(format!(
+                "phenix: phenix table {}: a row with rowid {rowid} already exists (UNIQUE constraint failed: {}.rowid); use INSERT OR REPLACE or INSERT OR IGNORE, or another rowid",
+                st.name(),
+                st.name()
+            )),
+        )),
+    }
+}
+
 /// `INSERT` (or a command, when the command column is set): appends the vector, then the row.
 pub(crate) fn insert(state: &Mutex<TableState>, args: &Inserts<'_>) -> rusqlite::Result<i64> {
     let mut st = lock_state(state);
     let def = st.def().clone();
     match arg(args, argv(def.command_col())) {
         ValueRef::Null => {}
-        cmd => return run_command(&mut st, cmd).map(|()| 0),
+        cmd => {
+            // A command row carries nothing else: a vector or value beside it would be dropped.
+            let extra = std::iter::once(1)
+                .chain((0..def.command_col()).map(argv))
+                .any(|i| !matches!(arg(args, i), ValueRef::Null));
+            if extra {
+                return Err(sql_error(format!(
+                    "phenix table {}: a command row (INSERT INTO {}({}) VALUES ('optimize')) takes no other values",
+                    st.name(),
+                    st.name(),
+                    st.name()
+                )));
+            }
+            return run_command(&mut st, cmd).map(|()| 0);
+        }
     }
     st.begin_write()?;
+    if let ValueRef::Integer(r) = arg(args, 1) {
+        if rowid_conflict(&mut st, r)? == OnConflict::Skip {
+            return Ok(r);
+        }
+    }
     for (col, what) in [(def.distance_col(), "distance"), (def.k_col(), "k")] {
         if !matches!(arg(args, argv(col)), ValueRef::Null) {
             return Err(sql_error(format!(
@@ -92,6 +157,9 @@ pub(crate) fn update(state: &Mutex<TableState>, args: &Updates<'_>) -> rusqlite:
         ValueRef::Integer(i) => i,
         _ => old_rowid,
     };
+    if new_rowid != old_rowid && rowid_conflict(&mut st, new_rowid)? == OnConflict::Skip {
+        return Ok(());
+    }
     let rows = st.rows_table();
     let old_slot: i64 = st.conn().query_row(
         &format!("SELECT slot FROM {rows} WHERE rowid = ?1"),

@@ -1,4 +1,5 @@
-//! Compaction (`INSERT INTO t(t) VALUES ('optimize')`) and its undo on rollback.
+//! Compaction (`INSERT INTO t(t) VALUES ('optimize')`); its undo on rollback is a snapshot restore
+//! (`txn.rs`).
 
 use super::TableState;
 use crate::args::table_err;
@@ -9,38 +10,11 @@ use phenix_core::store::{Header, VectorStore};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// What a compaction replaced, to put it back on rollback.
-pub(super) struct Compaction {
-    /// The store in use before the compaction (with this transaction's appends up to then).
-    old_store: Arc<Mutex<VectorStore>>,
-    old_generation: u64,
-    old_committed: u64,
-    /// The highest savepoint open when the compaction ran: rolling back to it or an earlier one undoes
-    /// the compaction.
-    pub(super) under_savepoint: Option<i32>,
-}
-
 impl TableState {
-    /// Puts back what a compaction of this transaction replaced (the transaction or its savepoint rolled
-    /// back; SQLite restores `<t>_rows` and `<t>_info` itself): undoes the newest compaction, `false` if
-    /// there was none. The new file is left as an orphan for the next write to remove, under the write
-    /// lock.
-    pub(super) fn undo_compaction(&mut self) -> bool {
-        let Some(c) = self.compactions.pop() else {
-            return false;
-        };
-        self.store = c.old_store;
-        self.generation = c.old_generation;
-        self.committed = c.old_committed;
-        self.live = None;
-        self.orphans_collected = false;
-        true
-    }
-
     /// After a compaction of an in-memory table commits, a re-connect must find the new store.
     pub(super) fn publish_memory_store(&self) {
-        if self.store().path().is_none() {
-            registry::publish_memory_store(self.table_id, self.store.clone());
+        if let Some(key) = self.mem {
+            registry::publish_memory_store(key, self.generation, &self.store, &self.keep);
         }
     }
 
@@ -100,13 +74,9 @@ impl TableState {
             }
             return Err(e);
         }
-        let old = std::mem::replace(&mut self.store, Arc::new(Mutex::new(new)));
-        self.compactions.push(Compaction {
-            old_store: old,
-            old_generation: self.generation,
-            old_committed: self.committed,
-            under_savepoint: self.savepoints.iter().map(|s| s.0).max(),
-        });
+        // The store replaced stays in the savepoint snapshots (and the transaction's begin snapshot)
+        // that name it, so a rollback to any of them puts it back.
+        self.store = Arc::new(Mutex::new(new));
         self.generation = generation;
         // No reader can be using the new file, so nothing in it is protected from rollback truncation.
         self.committed = 0;

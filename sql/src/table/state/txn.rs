@@ -5,14 +5,69 @@ use super::TableState;
 use crate::error::Error;
 use crate::table::shadow::{self, COMMITTED};
 use crate::table::sidecar::collect_orphans;
+use phenix_core::store::VectorStore;
+use std::sync::{Arc, Mutex};
+
+/// What a rollback returns a table to: the store in use (a compaction replaces it), how many rows it
+/// held, and the generation and committed count that went with it.
+///
+/// SQLite numbers savepoints from 0 for the outermost one it counts; the savepoint that *starts* a
+/// transaction (`SAVEPOINT` outside `BEGIN`) is not counted, so `ROLLBACK TO` it calls `xRollbackTo(-1)`,
+/// and a table that joins a transaction late is told only of the savepoint level current at its
+/// `xBegin`. A rollback to savepoint `i` therefore restores the snapshot taken at `xSavepoint(i)` if
+/// this table has one, and otherwise the state at the transaction's first write: nothing of this
+/// table changed before it.
+#[derive(Clone)]
+pub(crate) struct Snapshot {
+    store: Arc<Mutex<VectorStore>>,
+    len: u64,
+    generation: u64,
+    committed: u64,
+}
 
 impl TableState {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            store: self.store.clone(),
+            len: self.store().len(),
+            generation: self.generation,
+            committed: self.committed,
+        }
+    }
+
+    /// Returns to `snap`: its store (truncated back to its length; rows past it are this
+    /// transaction's, past every reader's committed count) and its generation and committed count.
+    /// SQLite restores the shadow tables itself; the live set is reloaded from them.
+    fn restore(&mut self, snap: &Snapshot) -> rusqlite::Result<()> {
+        if !Arc::ptr_eq(&self.store, &snap.store) {
+            // A compaction is undone: its file is an orphan for the next write to remove.
+            self.orphans_collected = false;
+        }
+        self.store = snap.store.clone();
+        self.generation = snap.generation;
+        self.committed = snap.committed;
+        self.live = None;
+        let mut s = self.store();
+        if s.len() > snap.len {
+            s.truncate(snap.len).map_err(Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this transaction replaced the vector store (a compaction not rolled back).
+    fn compacted(&self) -> bool {
+        self.begin
+            .as_ref()
+            .is_some_and(|b| !Arc::ptr_eq(&b.store, &self.store))
+    }
+
     /// Step 1 of the commit protocol, once per write transaction: take SQLite's write lock, read the
     /// committed count, and remove rows past it (leftovers of a crash or rollback).
     pub(crate) fn begin_write(&mut self) -> rusqlite::Result<()> {
         if self.in_write {
             return Ok(());
         }
+        self.usable()?;
         // A no-op write takes the write lock before we look at or truncate the file.
         shadow::take_write_lock(&self.conn, &self.schema, &self.name)?;
         if !self.orphans_collected {
@@ -35,6 +90,7 @@ impl TableState {
             }
         }
         self.in_write = true;
+        self.begin = Some(self.snapshot());
         if self.live.is_none() {
             self.load_live()?;
         }
@@ -53,10 +109,11 @@ impl TableState {
         };
         // After a compaction the count may equal the old one and still must be written (the table
         // now names another file); otherwise an unchanged count needs no write.
-        if n != self.committed || !self.compactions.is_empty() {
+        let compacted = self.compacted();
+        if n != self.committed || compacted {
             shadow::set(&self.conn, &self.schema, &self.name, COMMITTED, n as i64)?;
         }
-        if self.remapping || !self.compactions.is_empty() {
+        if self.remapping || compacted {
             let m = shadow::bump_remaps(&self.conn, &self.schema, &self.name)?;
             self.remaps_written = Some(m);
         }
@@ -75,8 +132,7 @@ impl TableState {
                 self.remaps = m;
             }
             self.remapping = false;
-            if !self.compactions.is_empty() {
-                self.compactions.clear();
+            if self.compacted() {
                 // The old file is an orphan now; the next write of this connection removes it.
                 self.orphans_collected = false;
                 self.publish_memory_store();
@@ -84,69 +140,62 @@ impl TableState {
         }
         self.in_write = false;
         self.savepoints.clear();
+        self.begin = None;
         // Our own commit does not change data_version; keep the cache.
         Ok(())
     }
 
-    /// Step 5: the transaction rolled back: forget the uncommitted appends.
+    /// Step 5: the transaction rolled back: back to the state at its first write (compactions undone,
+    /// uncommitted appends forgotten).
     pub(crate) fn rollback(&mut self) -> rusqlite::Result<()> {
-        while self.undo_compaction() {}
         self.remapping = false;
         self.remaps_written = None;
-        let mut r = Ok(());
-        if self.in_write {
-            let c = self.committed;
-            let mut s = self.store();
-            if s.len() > c {
-                // If this fails the rows stay past the committed count, where no reader looks, and the
-                // next write transaction truncates them; the state below is reset either way.
-                r = s.truncate(c).map_err(|e| Error::from(e).into());
-            }
-        }
+        let r = match self.begin.take() {
+            // If truncating fails the rows stay past the committed count, where no reader looks, and
+            // the next write transaction truncates them; the state below is reset either way.
+            Some(b) => self.restore(&b),
+            None => Ok(()),
+        };
         self.in_write = false;
         self.savepoints.clear();
         self.live = None;
         r
     }
 
-    /// `xSavepoint`.
+    /// `xSavepoint(i)`: remember the state at savepoint `i` (savepoints `>= i` are gone).
     pub(crate) fn savepoint(&mut self, i: i32) {
-        let n = self.store().len();
         self.savepoints.retain(|(s, _)| *s < i);
-        self.savepoints.push((i, n));
+        let snap = if self.in_write {
+            Some(self.snapshot())
+        } else {
+            None
+        };
+        self.savepoints.push((i, snap));
     }
 
-    /// `xRelease`.
+    /// `xRelease(i)`: savepoints `>= i` are gone; their changes now belong to the enclosing one.
     pub(crate) fn release(&mut self, i: i32) {
         self.savepoints.retain(|(s, _)| *s < i);
-        // A compaction made under savepoint `i` or a later one now belongs to the enclosing savepoint
-        // (or to the transaction): a new savepoint `i` rolled back later must not undo it.
-        let outer = if i > 0 { Some(i - 1) } else { None };
-        for c in &mut self.compactions {
-            if c.under_savepoint.is_some_and(|m| m >= i) {
-                c.under_savepoint = outer;
-            }
-        }
     }
 
-    /// `xRollbackTo`.
+    /// `xRollbackTo(i)`: back to the state at savepoint `i` (see [`Snapshot`]); savepoint `i` stays
+    /// open, later ones are gone.
     pub(crate) fn rollback_to(&mut self, i: i32) -> rusqlite::Result<()> {
-        // Undo the compactions made after savepoint `i` was opened (newest first).
-        while matches!(self.compactions.last(), Some(c) if c.under_savepoint.is_some_and(|m| i <= m))
-        {
-            self.undo_compaction();
-        }
-        if let Some(&(_, n)) = self.savepoints.iter().find(|(s, _)| *s == i) {
-            let mut s = self.store();
-            if s.len() > n && n >= self.committed {
-                // Failing to give the space back is not an error of ROLLBACK TO (SQLite would only say
-                // "SQL logic error"): the rows stay as dead slots that no `<t>_rows` entry names, and
-                // compaction reclaims them.
-                let _ = s.truncate(n);
-            }
-        }
         self.savepoints.retain(|(s, _)| *s <= i);
+        let snap = match self.savepoints.iter().find(|(s, _)| *s == i) {
+            Some((_, Some(snap))) => Some(snap.clone()),
+            _ => self.begin.clone(),
+        };
         self.live = None;
-        Ok(())
+        match snap {
+            // Failing to give the space back is not an error of ROLLBACK TO (SQLite would only say
+            // "SQL logic error"): the rows stay as dead slots that no `<t>_rows` entry names, and
+            // compaction reclaims them. The store, generation and count are restored either way.
+            Some(snap) => {
+                let _ = self.restore(&snap);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 }

@@ -12,6 +12,24 @@
 /// generated from 3.34.1 headers, so older hosts might work, but none was tested.
 pub const MIN_SQLITE_VERSION_NUMBER: i32 = 3_040_000;
 
+/// The host's API table (`sqlite3_api_routines`), recorded by the loadable extension's entry point:
+/// phenix calls the few routines newer than rusqlite's loadable bindings (which were generated from
+/// older headers) through it. Null in-process (the bundled build links SQLite directly).
+static HOST_API: std::sync::atomic::AtomicPtr<std::ffi::c_void> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Records the host's API table (the loadable extension's entry point calls this once the host passed
+/// the version check).
+pub fn set_host_api(p: *mut std::ffi::c_void) {
+    HOST_API.store(p, std::sync::atomic::Ordering::Release);
+}
+
+/// The host's API table, if recorded ([`set_host_api`]).
+#[cfg_attr(not(feature = "loadable"), allow(dead_code))]
+pub(crate) fn host_api() -> *mut std::ffi::c_void {
+    HOST_API.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// `3040001` → `3.40.1`.
 pub fn version_string(number: i32) -> String {
     format!(
