@@ -404,10 +404,11 @@ def run_screen(db: str, model: str, library: Optional[str], doses: list[float], 
 
 
 def _embed_batch(conn, name: str, table: str) -> None:
+    lit = "'" + name.replace("'", "''") + "'"
     conn.execute(
         f"INSERT INTO {quote(table)}(rowid, embedding, compound, concentration, smiles) "
-        f"SELECT e.id, e.embedding, b.compound, b.um, b.smiles FROM phenix_embed_molecules(?, "
-        f"'SELECT id, smiles, um FROM temp.screen_batch') e JOIN temp.screen_batch b ON b.id = e.id", (name,))
+        f"SELECT e.id, e.embedding, b.compound, b.um, b.smiles FROM phenix_embed_molecules({lit}, "
+        f"'SELECT id, smiles, um FROM temp.screen_batch') e JOIN temp.screen_batch b ON b.id = e.id")
 
 
 def _bad_smiles(conn) -> list[tuple[int, str]]:

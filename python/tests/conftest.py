@@ -70,6 +70,14 @@ def venv(tmp_path_factory) -> Venv:
                           capture_output=True, text=True, check=True).stdout.strip()
     shared = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
     Path(site, "phenix-test-shared.pth").write_text("\n".join(shared) + "\n")
+    # pip builds the wheel with this interpreter's setuptools: below 70.1 it needs the `wheel` package
+    import importlib.util
+
+    import setuptools
+
+    if importlib.util.find_spec("wheel") is None and tuple(map(int, setuptools.__version__.split(".")[:2])) < (70, 1):
+        pytest.fail(f"building the phenix wheel offline needs the `wheel` package (setuptools {setuptools.__version__} "
+                    "has no bdist_wheel): add wheel (or setuptools>=70.1) to tools/requirements.txt")
     env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target"))
     env.pop("PYTHONPATH", None)
     p = subprocess.run([str(d / "bin" / "python"), "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",

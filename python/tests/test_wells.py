@@ -82,3 +82,18 @@ def test_grouping_into_pairs_matches_pandas(table):
         want = rows.sort_values(["Metadata_Plate", "Metadata_Well"])[feats].to_numpy(np.float32)
         assert ds.present[k].sum() == len(want)
         assert np.array_equal(ds.profiles[k, :len(want)], want)
+
+
+def test_import_packs_like_phenix_pack_on_the_wide_table(table):
+    """phenix import's blobs and feature list equal phenix_pack / phenix_features_json on the same wide
+    table loaded into SQLite (the SQL route for data already in a database)."""
+    conn, df, feats = table
+    df.to_sql("wide", conn, index=False)
+    got = [np.frombuffer(b, "<f4") for (b,) in conn.execute("SELECT profile FROM wells ORDER BY rowid")]
+    want = [np.frombuffer(b, "<f4") for (_, b) in
+            conn.execute("SELECT rowid, profile FROM phenix_pack('wide', 'Cells_%', '') ORDER BY rowid")]
+    assert len(got) == len(want) == len(df)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    import json
+
+    assert json.loads(conn.execute("SELECT phenix_features_json('wide', 'Cells_%', '')").fetchone()[0]) == feats

@@ -6,8 +6,8 @@
 .print    approved drug from the model's held-out scaffolds (8 active wells drawn at random; see
 .print    docs/science.md). phenix_embed_phenomics embeds it and phenix_retrieve ranks all 13,140 (drug, dose)
 .print    candidates; top 1 % = 132. Where did the true (drug, dose), and the true drug at any dose, land?
-.print    For scale: the training report's top-1 % recall on the 2,002 active held-out-scaffold wells, ranked
-.print    among the 8,740 held-out candidates, is 27.5 % (random: 1 %); here the candidates are all approved
+.print    For scale: the training report's top-1 % recall on the 1,992 active held-out-scaffold wells, ranked
+.print    among the 8,740 held-out candidates, is 27.8 % (random: 1 %); here the candidates are all approved
 .print    drugs, most of which the model trained on.
 WITH hits AS (
   SELECT w.well, w.name AS true_drug, w.um AS true_um, r.rank, m.name, m.concentration
