@@ -176,8 +176,8 @@ pub fn search_batch_with(
     let path = match path {
         BatchPath::Auto => match BatchPath::from_env() {
             BatchPath::Auto => {
-                // The units pay once the bf16 rounding of the rows is shared by a few queries.
-                if p.k > AUTO_MAX_K || nq < 4 || rows < 1024 {
+                // Measured (docs/benchmarks.md): from 2 queries on, the unit path takes less CPU time.
+                if p.k > AUTO_MAX_K || nq < 2 || rows < 1024 {
                     BatchPath::Gemm
                 } else if BatchPath::Amx.supported() {
                     BatchPath::Amx

@@ -185,9 +185,9 @@ fn every_path_equals_the_exact_path_on_adversarial_data() {
         for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
             for &dim in &[40usize] {
                 let mut rng = Rng(17 + dim as u64);
-                let n = 700;
+                let n = 500;
                 let rows = rows_for(data, n, dim, &mut rng);
-                let queries = queries_for(data, &rows, 37, dim, &mut rng);
+                let queries = queries_for(data, &rows, 24, dim, &mut rng);
                 let mut store = store_of(&rows, dim, metric);
                 for &path in &paths {
                     for (k, threads) in [(1, 1), (10, 2)] {

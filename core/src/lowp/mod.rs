@@ -2,13 +2,13 @@
 //! an exact re-rank.
 //!
 //! Rows (`float16` stores only) and queries are rounded to `bf16`, every query × row score is computed
-//! on the unit with `f32` accumulation, and a score is kept only if the row could still be in the
-//! query's exact top-k: a rigorous bound on the score's error (from `bf16`'s unit roundoff `2⁻⁸`, the
-//! `f32` accumulation, and the vectors' norms) gives every row an interval `[LD, UD]` that contains the
-//! distance the one-query kernels compute for it; a row is kept while `LD ≤ T`, where `T` is the k-th
-//! smallest `UD` seen so far. The kept rows are re-scored with [`Kernels::distance`] and ranked by
-//! `(distance, slot)`, so the result equals [`crate::topk::search`] for every query — rows, distances and
-//! tie order. The derivation and its proof are in docs/design.md ("Reduced-precision batch scoring").
+//! on the unit with `f32` accumulation, and a row is re-scored only if it could still be in the query's
+//! exact top-k: a rigorous bound on the score's error (from `bf16`'s unit roundoff `2⁻⁸`, the `f32`
+//! accumulation, and the vectors' norms) gives every row a lower bound `LD` on the distance the
+//! one-query kernels compute for it; a row is re-scored with [`Kernels::distance`] when `LD ≤ T`, where
+//! `T` is the k-th smallest exact distance re-scored so far, and ranked by `(distance, slot)` in a
+//! per-query top-k. The result equals [`crate::topk::search`] for every query — rows, distances and tie
+//! order. The derivation and its proof are in docs/design.md ("Reduced-precision batch scoring").
 //!
 //! Queries outside the range the bound covers (largest element not in `[2⁻³², 2³²]`, which includes the
 //! zero vector) are answered by [`crate::topk::search`] directly.
@@ -148,22 +148,19 @@ impl Bound {
         }
     }
 
-    /// `[LD, UD]` for a row with unit score `s` (scaled units), `f32` squared norm `xx` and norm bound
-    /// `x`, against query `q`. Evaluated in `f64` and widened by [`MARGIN64`] of the magnitudes involved.
+    /// `LD`, a lower bound on the distance the one-query kernels compute for a row with unit score `s`
+    /// (scaled units), `f32` squared norm `xx` and norm bound `x`, against query `q`. Evaluated in `f64`
+    /// and lowered by [`MARGIN64`] of the magnitudes involved, so it is below the exact-arithmetic value.
     #[inline]
-    pub(crate) fn interval(&self, q: &QueryInfo, s: f32, xx: f32, x: f32) -> (f64, f64) {
+    pub(crate) fn lower(&self, q: &QueryInfo, s: f32, xx: f32, x: f32) -> f64 {
         let s = s as f64;
         match self.metric {
-            Metric::Cosine => {
-                let w = self.w_cos + 4.0 * MARGIN64;
-                (1.0 - s - w, 1.0 - s + w)
-            }
+            Metric::Cosine => 1.0 - s - self.w_cos - 4.0 * MARGIN64,
             Metric::Dot => {
                 let sh = s / q.sig;
                 let x = x as f64;
                 let w = (self.e + self.kappa) * q.q * x + self.a_amx / q.sig + self.abs_k;
-                let w = w + MARGIN64 * (sh.abs() + w);
-                (-sh - w, -sh + w)
+                -sh - w - MARGIN64 * (sh.abs() + w)
             }
             Metric::L2 => {
                 let sh = s / q.sig;
@@ -175,11 +172,7 @@ impl Bound {
                 let d2 = q.qq + xx - 2.0 * sh;
                 let m = MARGIN64 * (q.qq + xx + 2.0 * sh.abs() + e);
                 let lo = (d2 - e - m).max(0.0);
-                let hi = (d2 + e + m).max(0.0);
-                (
-                    (1.0 - self.rho) * lo.sqrt() * (1.0 - MARGIN64) - self.a_l2,
-                    (1.0 + self.rho) * hi.sqrt() * (1.0 + MARGIN64) + self.a_l2,
-                )
+                (1.0 - self.rho) * lo.sqrt() * (1.0 - MARGIN64) - self.a_l2
             }
         }
     }
@@ -403,6 +396,9 @@ struct Ctx<'a, 'v> {
     nqp: usize,
     bound: Bound,
     info: &'a [QueryInfo],
+    /// The queries (row-major) and their `f32` norms as `topk::search` computes them.
+    queries: &'a [f32],
+    qnorm: &'a [f32],
     /// VNNI-packed queries (see `x86`).
     qv: &'a [u16],
     /// Per-query α, β (fixed) and the initial θ.
@@ -414,10 +410,10 @@ struct Ctx<'a, 'v> {
 /// One thread's running state.
 struct ThreadState {
     theta: Vec<f32>,
-    /// k smallest upper bounds per query.
+    /// Per query, the `k` best rows re-scored so far, by `(D, slot)` with the one-query kernels.
     tops: Vec<TopK>,
-    /// Kept candidates per query: (slot, LD).
-    cands: Vec<Vec<(u64, f64)>>,
+    /// Rows re-scored.
+    rescored: u64,
 }
 
 /// The reduced-precision batch search. `queries` are validated (finite, a multiple of `dim`); the view
@@ -451,6 +447,10 @@ pub(crate) fn search_batch(
         alpha[qi] = a;
         beta[qi] = b;
     }
+    let qnorm: Vec<f32> = queries
+        .chunks_exact(dim)
+        .map(|q| kernels.norm_squared(q).sqrt())
+        .collect();
     let rows = view.rows();
     let nblocks = rows.div_ceil(RB);
     let threads = p.threads.max(1).min(nblocks.max(1));
@@ -469,6 +469,8 @@ pub(crate) fn search_batch(
         nqp,
         bound,
         info: &info,
+        queries,
+        qnorm: &qnorm,
         qv: qv_buf.as_slice(),
         alpha: &alpha,
         beta: &beta,
@@ -492,7 +494,7 @@ pub(crate) fn search_batch(
             v
         })
     };
-    ctx.finish(states, queries, p)
+    ctx.finish(states, p)
 }
 
 impl Ctx<'_, '_> {
@@ -500,7 +502,7 @@ impl Ctx<'_, '_> {
         let mut st = ThreadState {
             theta: self.theta0.to_vec(),
             tops: (0..self.nq).map(|_| TopK::new(self.k, 64)).collect(),
-            cands: vec![Vec::new(); self.nq],
+            rescored: 0,
         };
         #[cfg(target_arch = "x86_64")]
         {
@@ -647,7 +649,7 @@ impl Ctx<'_, '_> {
     ) {
         let q0 = qp * 32;
         let rows = rp * 32;
-        let (theta, tops, cands) = (&mut st.theta, &mut st.tops, &mut st.cands);
+        let (theta, tops, rescored) = (&mut st.theta, &mut st.tops, &mut st.rescored);
         let th: [f32; 32] = theta[q0..q0 + 32].try_into().expect("32 lanes");
         let (xx, x) = (&buf.xx, &buf.x);
         let hit = |r: usize, j: usize, s: f32| {
@@ -661,7 +663,7 @@ impl Ctx<'_, '_> {
                 x[row],
                 &mut theta[qi],
                 &mut tops[qi],
-                &mut cands[qi],
+                rescored,
             );
         };
         let (al, be) = (&self.alpha[q0..q0 + 32], &self.beta[q0..q0 + 32]);
@@ -682,8 +684,10 @@ impl Ctx<'_, '_> {
         }
     }
 
-    /// A score that passed the `f32` filter: keep it if its `LD` is within the query's bound, and
-    /// tighten the bound with its `UD`.
+    /// A score that passed the `f32` filter: if its row's `LD` is within the query's bound `T` (the
+    /// k-th smallest exact distance re-scored so far, or the threshold), re-score the row exactly with
+    /// the one-query kernels and keep it in the query's top-k, which tightens `T`. Memory stays `O(k)`
+    /// per query however many rows tie.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn offer(
@@ -695,45 +699,50 @@ impl Ctx<'_, '_> {
         x: f32,
         theta: &mut f32,
         top: &mut TopK,
-        cands: &mut Vec<(u64, f64)>,
+        rescored: &mut u64,
     ) {
         let q = &self.info[qi];
-        let (ld, ud) = self.bound.interval(q, s, xx, x);
+        let ld = self.bound.lower(q, s, xx, x);
         let t = (top.worst() as f64).min(self.tmax);
         if ld > t || ld.is_nan() {
             return;
         }
-        cands.push((slot, ld));
+        *rescored += 1;
+        let d = self.kernels.distance(
+            self.metric,
+            &self.queries[qi * self.dim..(qi + 1) * self.dim],
+            self.qnorm[qi],
+            self.view.row(slot as usize),
+        );
+        // As `topk::search`: rows at or past the threshold (and NaN) never enter.
+        if self.tmax < f64::INFINITY && (d.is_nan() || d as f64 >= self.tmax) {
+            return;
+        }
         let before = top.worst();
-        top.push(f32_up(ud), slot);
+        top.push(d, slot);
         let after = top.worst();
         if after != before {
-            let t = (after as f64).min(self.tmax);
-            *theta = self.bound.filter(q, t).0;
-            if cands.len() >= self.k.saturating_mul(4).saturating_add(64) {
-                cands.retain(|c| c.1 <= t);
-            }
+            *theta = self.bound.filter(q, (after as f64).min(self.tmax)).0;
         }
     }
 
-    /// Merges the threads' bounds, drops candidates above the final bound and re-scores the rest.
-    fn finish(&self, states: Vec<ThreadState>, queries: &[f32], p: &SearchParams<'_>) -> Outcome {
+    /// Merges the threads' top-k lists; queries outside the bound's range go to `topk::search`.
+    fn finish(&self, states: Vec<ThreadState>, p: &SearchParams<'_>) -> Outcome {
         let mut tops: Vec<Option<TopK>> = (0..self.nq).map(|_| None).collect();
-        let mut cands: Vec<Vec<(u64, f64)>> = vec![Vec::new(); self.nq];
+        let mut rescored = 0u64;
         for st in states {
-            for (qi, (top, c)) in st.tops.into_iter().zip(st.cands).enumerate() {
+            rescored += st.rescored;
+            for (qi, top) in st.tops.into_iter().enumerate() {
                 match &mut tops[qi] {
                     Some(t) => t.merge(top),
                     None => tops[qi] = Some(top),
                 }
-                cands[qi].extend(c);
             }
         }
-        let mut rescored = 0u64;
         let mut hits = Vec::with_capacity(self.nq);
-        for (qi, (top, c)) in tops.into_iter().zip(cands).enumerate() {
-            let q = &queries[qi * self.dim..(qi + 1) * self.dim];
+        for (qi, top) in tops.into_iter().enumerate() {
             if !self.info[qi].safe {
+                let q = &self.queries[qi * self.dim..(qi + 1) * self.dim];
                 let mut sp = *p;
                 sp.candidates = match self.allow {
                     Some(b) => crate::topk::Candidates::Bitmap(b),
@@ -744,26 +753,7 @@ impl Ctx<'_, '_> {
                 hits.push(search(self.view, q, &sp).expect("validated query"));
                 continue;
             }
-            let t = top.map_or(f32::INFINITY, |t| t.worst()) as f64;
-            let t = t.min(self.tmax);
-            let qn = self.kernels.norm_squared(q).sqrt();
-            let mut exact = TopK::new(self.k, c.len() + 1);
-            for &(slot, ld) in &c {
-                if ld > t || ld.is_nan() {
-                    continue;
-                }
-                rescored += 1;
-                let d = self
-                    .kernels
-                    .distance(self.metric, q, qn, self.view.row(slot as usize));
-                if let Some(m) = p.max_distance {
-                    if d.is_nan() || d >= m {
-                        continue;
-                    }
-                }
-                exact.push(d, slot);
-            }
-            hits.push(exact.into_sorted());
+            hits.push(top.map_or_else(Vec::new, TopK::into_sorted));
         }
         Outcome { hits, rescored }
     }
