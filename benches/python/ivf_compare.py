@@ -179,6 +179,19 @@ def plot(results, path, title):
     fig.savefig(path, dpi=120)
 
 
+def table(results):
+    """Markdown: build/memory per engine, then recall and latency per setting."""
+    lines = ["| engine | build (s) | index bytes | peak RSS of its process |", "|---|---|---|---|"]
+    for r in results:
+        if "build_s" in r:
+            lines.append(f"| {r['engine']} | {r['build_s']} | {r['index_bytes'] / 1e6:.0f} MB | {r['peak_rss_kb'] / 1e6:.2f} GB |")
+    lines += ["", "| engine | nprobe / ef | recall@10 | ms per query |", "|---|---|---|---|"]
+    for r in results:
+        if "recall" in r:
+            lines.append(f"| {r['engine']} | {r['param']} | {r['recall']:.3f} | {r['ms']:.2f} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -190,6 +203,7 @@ def main():
     ap.add_argument("--engines", default="phenix,IVF-SQ8,usearch,IVFFlat,IVFPQ")
     ap.add_argument("--keep-data", action="store_true")
     ap.add_argument("--child", default="")
+    ap.add_argument("--report", action="store_true", help="only re-plot and print tables of results.jsonl")
     ap.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "ivf-recall-latency.png"))
     a = ap.parse_args()
     lists = a.lists or int(4 * np.sqrt(a.rows))
@@ -200,6 +214,12 @@ def main():
                 run_usearch(a.dir, a.threads, out)
             else:
                 run_faiss(a.dir, a.child, a.threads, lists, out)
+        return
+    if a.report:
+        results = [json.loads(l) for l in open(res)]
+        n = next(r["rows"] for r in results if "rows" in r)
+        plot(results, a.plot, f"{n:,} x {a.dim} (cosine, f16 rows), {a.threads} threads, {lists} lists")
+        print(table(results))
         return
     if not (a.keep_data and os.path.exists(os.path.join(a.dir, "gt.i32"))):
         make_data(a.dir, a.rows, a.dim, a.queries)
@@ -219,6 +239,7 @@ def main():
     n = next(r["rows"] for r in results if "rows" in r)
     plot(results, a.plot, f"{n:,} x {a.dim} (cosine, f16 rows), {a.threads} threads, {lists} lists")
     print(f"plot: {a.plot}", file=sys.stderr)
+    print(table(results))
 
 
 if __name__ == "__main__":
