@@ -224,6 +224,11 @@ fn incremental_adds_and_removes_match_exact_search_over_live_rows() {
     // An update: slot 1 gets a new vector; the old one is gone from the index.
     idx.add(1, &f.rows[2]).unwrap();
     assert_eq!(idx.len(), 8000 - 2667);
+    // A rollback of the rows past 7000: they leave the index, the rest stays.
+    idx.truncate(7000);
+    assert_eq!(idx.covered(), 7000);
+    assert_eq!(idx.len(), 7000 - 2334);
+    assert!(!idx.contains(7001) && idx.contains(6998) && !idx.contains(6999));
 }
 
 #[test]

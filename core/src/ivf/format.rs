@@ -238,6 +238,7 @@ impl IvfIndex {
         Ok(IvfIndex {
             dim,
             metric,
+            centroid_nn: super::centroid_nn(&centroids, dim),
             centroids,
             sq_min,
             sq_step,

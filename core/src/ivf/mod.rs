@@ -112,6 +112,8 @@ pub struct IvfIndex {
     metric: Metric,
     /// `lists × dim`, in the search space (unit length for cosine).
     centroids: Vec<f32>,
+    /// `|c|²` of each centroid (derived from `centroids`, not stored).
+    centroid_nn: Vec<f32>,
     /// Per dimension: the value of code 0 and the step between codes.
     sq_min: Vec<f32>,
     sq_step: Vec<f32>,
@@ -211,6 +213,7 @@ impl IvfIndex {
             dim,
             metric,
             lists: vec![List::default(); params.lists],
+            centroid_nn: centroid_nn(&centroids, dim),
             centroids,
             sq_min: lo,
             sq_step,
@@ -286,14 +289,15 @@ impl IvfIndex {
 
     /// The nearest list of `v` (in the search space).
     fn nearest_list(&self, v: &[f32]) -> usize {
+        let kernels = Kernels::best();
         let spherical = self.metric == Metric::Cosine;
         let mut best = (0, f32::NEG_INFINITY);
         for (j, c) in self.centroids.chunks_exact(self.dim).enumerate() {
-            let dot: f32 = c.iter().zip(v).map(|(a, b)| a * b).sum();
+            let dot = kernels.dot(v, Row::F32(c));
             let s = if spherical {
                 dot
             } else {
-                dot - 0.5 * c.iter().map(|x| x * x).sum::<f32>()
+                dot - 0.5 * self.centroid_nn[j]
             };
             if s > best.1 {
                 best = (j, s);
@@ -416,6 +420,16 @@ impl IvfIndex {
         true
     }
 
+    /// Forgets every slot at or past `n` (a rolled-back transaction's appends); `covered` drops to
+    /// `n` if it was larger. Costs time proportional to the slots past `n`.
+    pub fn truncate(&mut self, n: u64) {
+        for s in n..self.list_of.len() as u64 {
+            self.remove(s);
+        }
+        self.list_of.truncate(n as usize);
+        self.covered = self.covered.min(n);
+    }
+
     /// Renumbers slots after a compaction: `map(old)` is the new slot, or `None` to drop the row.
     /// `covered` becomes `new_covered` (the compacted file's row count). Codes are kept, so no row is
     /// re-read or re-encoded.
@@ -473,21 +487,30 @@ impl IvfIndex {
         if metric == Metric::Cosine {
             kmeans::normalize(&mut q);
         }
-        // Lists by the distance of their centroid to the query.
+        // Lists by the distance of their centroid to the query (SIMD dots; only the probed prefix is
+        // sorted).
+        let kernels = Kernels::best();
         let mut order: Vec<(f32, u32)> = self
             .centroids
             .chunks_exact(self.dim)
             .enumerate()
             .map(|(j, c)| {
-                let dot: f32 = c.iter().zip(&q).map(|(a, b)| a * b).sum();
+                let dot = kernels.dot(&q, Row::F32(c));
                 let key = match metric {
-                    Metric::L2 => c.iter().map(|x| x * x).sum::<f32>() - 2.0 * dot,
+                    Metric::L2 => self.centroid_nn[j] - 2.0 * dot,
                     Metric::Cosine | Metric::Dot => -dot,
                 };
                 (key, j as u32)
             })
             .collect();
-        order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let by_key = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+        let nprobe = p.nprobe.min(order.len());
+        if nprobe < order.len() {
+            order.select_nth_unstable_by(nprobe, by_key);
+            order[..nprobe].sort_unstable_by(by_key);
+        } else {
+            order.sort_unstable_by(by_key);
+        }
         // The query folded into the code space: q·x̂ = q·min + Σ (q∘step)_d c_d.
         let w: Vec<f32> = q.iter().zip(&self.sq_step).map(|(a, b)| a * b).collect();
         let qmin: f32 = q.iter().zip(&self.sq_min).map(|(a, b)| a * b).sum();
@@ -503,10 +526,12 @@ impl IvfIndex {
             short,
             dot: dot_u8_fn(),
         };
-        let nprobe = p.nprobe.min(order.len());
         let mut top = ctx.scan_parallel(&order[..nprobe], p.threads);
         // A filter can leave fewer than k rows in the probed lists: keep probing until k qualify.
         let mut next = nprobe;
+        if top.len() < p.k && next < order.len() {
+            order[next..].sort_unstable_by(by_key);
+        }
         while top.len() < p.k && next < order.len() {
             let more = (next * 2).min(order.len());
             let extra = ctx.scan_parallel(&order[next..more], p.threads);
@@ -515,7 +540,6 @@ impl IvfIndex {
             next = more;
         }
         // Exact re-rank of the shortlist on the stored rows.
-        let kernels = Kernels::best();
         let qnorm = kernels.norm_squared(query).sqrt();
         let mut exact = TopK::new(p.k, short);
         for h in top.top.into_sorted() {
@@ -526,6 +550,14 @@ impl IvfIndex {
         }
         Ok(exact.into_sorted())
     }
+}
+
+/// `|c|²` of each centroid.
+fn centroid_nn(centroids: &[f32], dim: usize) -> Vec<f32> {
+    centroids
+        .chunks_exact(dim)
+        .map(|c| c.iter().map(|x| x * x).sum())
+        .collect()
 }
 
 /// Writes row `x` in the index's search space (unit length for cosine) into `dst`.
