@@ -5,22 +5,8 @@ use faer::{Accum, MatMut, MatRef, Par};
 /// Rows per GEMM block of an assignment.
 const BLOCK: usize = 1024;
 
-/// splitmix64: the seeded generator of sampling and initialisation.
-#[derive(Clone, Debug)]
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+/// The seeded generator of sampling and initialisation.
+pub(crate) use crate::SplitMix64 as Rng;
 
 /// `k` distinct indices of `0..n` (all of them, shuffled, if `k >= n`): a partial Fisher–Yates.
 pub(crate) fn sample(n: usize, k: usize, rng: &mut Rng) -> Vec<usize> {
@@ -126,7 +112,7 @@ pub(crate) fn kmeans(
     threads: usize,
 ) -> Vec<f32> {
     let rows = x.len() / dim;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut c: Vec<f32> = Vec::with_capacity(k * dim);
     for i in sample(rows, k, &mut rng) {
         c.extend_from_slice(&x[i * dim..(i + 1) * dim]);

@@ -178,7 +178,7 @@ impl IvfIndex {
         } else {
             params.train_sample.clamp(params.lists, rows.len())
         };
-        let mut rng = kmeans::Rng(params.seed ^ 0x5eed_1f0f);
+        let mut rng = kmeans::Rng::new(params.seed ^ 0x5eed_1f0f);
         let mut pick = kmeans::sample(rows.len(), want, &mut rng);
         pick.sort_unstable();
         let mut x = vec![0f32; pick.len() * dim];

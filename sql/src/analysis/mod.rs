@@ -345,26 +345,9 @@ impl Fnv {
 }
 
 /// The documented random stream of the seeded nulls: SplitMix64 from `seed`, and a uniform index in
-/// `0..n` as the high 64 bits of `next() * n` (Lemire's multiply-shift, without rejection). numpy can
-/// reproduce it with Python integers (see docs/analysis.md).
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// A uniform index in `0..n` (`n > 0`).
-    pub(crate) fn index(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-}
+/// `0..n` by [`SplitMix64::index`] (Lemire's multiply-shift, without rejection). numpy can reproduce it
+/// with Python integers (see docs/analysis.md).
+pub(crate) use phenix_core::SplitMix64;
 
 /// Benjamini–Hochberg adjusted p-values (statsmodels' `multipletests(method="fdr_bh")`): sorted
 /// ascending, `q_(i) = min_{j >= i} p_(j) · m / j`, capped at 1.
