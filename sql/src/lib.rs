@@ -36,10 +36,10 @@ compile_error!(
 
 pub mod analysis;
 pub(crate) mod args;
+pub mod encoders;
 pub mod error;
 pub mod functions;
 pub mod host;
-pub mod models;
 pub mod settings;
 mod table;
 pub mod tvf;
@@ -75,7 +75,7 @@ pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     functions::register(conn)?;
     analysis::register(conn)?;
     table::register(conn)?;
-    models::register(conn)?;
+    encoders::register(conn)?;
     #[cfg(feature = "panic-test")]
     error::panic_test::register(conn)?;
     Ok(())
