@@ -77,6 +77,14 @@ pub enum Error {
         /// Rows the caller declared committed.
         committed: u64,
     },
+    /// A row-id file (beside a vector file) is damaged or belongs to another table or generation.
+    #[error("{path}: row-id file is damaged: {detail}")]
+    BadIdFile {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A vector of the wrong length was given.
     #[error("vector has {found} dimensions, expected {expected}")]
     DimMismatch {

@@ -4,7 +4,9 @@
 //! and without an outer BEGIN (a SAVEPOINT outside a transaction starts one). After every statement the
 //! phenix table must hold exactly the reference's rows (vector bytes and tag), KNN must equal brute force
 //! over the reference, and after every sequence a reopened connection must see the same and
-//! `phenix_check` must say `ok`.
+//! `phenix_check` must say `ok`. A second connection, open for the whole sequence, reads after every
+//! statement that leaves the writer outside a transaction, so it follows each committed change (the
+//! catch-up of its live set: appends, `<t>_dead` entries, new generations) and must agree too.
 //!
 //! CI runs `PHENIX_TXN_FUZZ_SEQS` sequences (default 200); the long run in docs/reliability.md sets it
 //! to thousands. `PHENIX_TXN_FUZZ_SEED` shifts the seeds; a failing sequence prints its seed, mode and
@@ -183,6 +185,7 @@ fn run_sequence(dir: &Path, seed: u64) -> Result<(), Failure> {
          CREATE TABLE r(id INTEGER PRIMARY KEY, a INTEGER, b INTEGER, c INTEGER, tag TEXT);",
     )
     .unwrap();
+    let reader = open_pair(&path, wal);
     // A few committed rows to start from.
     for _ in 0..3 + rng.below(5) {
         let id = 1 + rng.below(20) as i64;
@@ -284,7 +287,13 @@ fn run_sequence(dir: &Path, seed: u64) -> Result<(), Failure> {
         if let Err(e) = compare(&c, &mut rng) {
             return Err(fail(&log, e));
         }
+        if c.is_autocommit() {
+            if let Err(e) = compare(&reader, &mut rng) {
+                return Err(fail(&log, format!("reader connection: {e}")));
+            }
+        }
     }
+    drop(reader);
     if !c.is_autocommit() {
         let end = if rng.below(2) == 0 {
             "COMMIT"

@@ -114,9 +114,9 @@ def _digest(rows) -> str:
     return h.hexdigest()
 
 
-def _sidecars(db):
+def _sidecars(db, ext=".phx"):
     d = f"{db}-phenix"
-    return sorted(f for f in os.listdir(d) if f.endswith(".phx")) if os.path.isdir(d) else []
+    return sorted(f for f in os.listdir(d) if f.endswith(ext)) if os.path.isdir(d) else []
 
 
 @pytest.mark.parametrize("mode", ["delete", "wal"])
@@ -175,6 +175,8 @@ def test_sigkill_at_random_moments_loses_no_committed_transaction(ext, tmp_path,
         c.execute("DELETE FROM t WHERE rowid = -1")
         table_id = c.execute("SELECT value FROM t_info WHERE key = 'table_id'").fetchone()[0]
         assert _sidecars(db) == [f"{table_id}.g{gen}.phx"]
+        # ... and its row-id file (phenix_check above compared it with t_rows and t_dead).
+        assert _sidecars(db, ".ids") == [f"{table_id}.g{gen}.ids"]
         c.close()
     print(f"{mode}: {stats}")
     assert stats["reported"] > 0

@@ -28,13 +28,14 @@ impl TableState {
         /// Rows are copied in chunks of about this many bytes.
         const COPY_BYTES: usize = 4 << 20;
         self.begin_write()?;
-        let slots: Vec<i64> = {
+        // (slot, rowid) of every row, in slot order: the order of the new file.
+        let slots: Vec<(i64, i64)> = {
             let mut st = self.conn.prepare(&format!(
-                "SELECT slot FROM {} ORDER BY slot",
+                "SELECT slot, rowid FROM {} ORDER BY slot",
                 self.rows_table()
             ))?;
             let v = st
-                .query_map([], |r| r.get(0))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             v
         };
@@ -62,15 +63,27 @@ impl TableState {
                     table_id: self.table_id,
                     generation,
                 };
-                VectorStore::create_with_header(&path, header)
-                    .map_err(|e| table_err(&self.name, e))?
+                let mut s = VectorStore::create_with_header(&path, header)
+                    .map_err(|e| table_err(&self.name, e))?;
+                if self.format2() {
+                    // A leftover row-id file of this generation goes with its vector file.
+                    let ids = path.with_extension("ids");
+                    let _ = std::fs::remove_file(&ids);
+                    if let Err(e) = crate::table::sidecar::create_ids(&mut s, &path) {
+                        drop(s);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(table_err(&self.name, e));
+                    }
+                }
+                s
             }
             None => VectorStore::in_memory(layout),
         };
         if let Err(e) = self.fill_compacted(&mut new, &slots, generation, COPY_BYTES) {
             if let Some(p) = new.path().map(Path::to_path_buf) {
                 drop(new);
-                let _ = std::fs::remove_file(p);
+                let _ = std::fs::remove_file(&p);
+                let _ = std::fs::remove_file(p.with_extension("ids"));
             }
             return Err(e);
         }
@@ -90,7 +103,7 @@ impl TableState {
     fn fill_compacted(
         &self,
         new: &mut VectorStore,
-        slots: &[i64],
+        slots: &[(i64, i64)],
         generation: u64,
         copy_bytes: usize,
     ) -> rusqlite::Result<()> {
@@ -99,7 +112,8 @@ impl TableState {
             let n = old.len();
             let view = old.view(n).map_err(|e| table_err(&self.name, e))?;
             let mut buf = Vec::with_capacity(copy_bytes + self.def.layout.stride());
-            for &slot in slots {
+            let mut ids = Vec::new();
+            for &(slot, rowid) in slots {
                 if slot < 0 || slot as u64 >= n {
                     return Err(table_err(
                         &self.name,
@@ -109,14 +123,16 @@ impl TableState {
                     ));
                 }
                 buf.extend_from_slice(view.raw(slot as usize..slot as usize + 1));
+                ids.push(rowid);
                 if buf.len() >= copy_bytes {
-                    new.append_encoded(&buf)
+                    new.append_encoded_with_ids(&buf, &ids)
                         .map_err(|e| table_err(&self.name, e))?;
                     buf.clear();
+                    ids.clear();
                 }
             }
             if !buf.is_empty() {
-                new.append_encoded(&buf)
+                new.append_encoded_with_ids(&buf, &ids)
                     .map_err(|e| table_err(&self.name, e))?;
             }
         }
@@ -135,6 +151,16 @@ impl TableState {
             GENERATION,
             generation as i64,
         )?;
+        if self.format2() {
+            // The new file holds live rows only.
+            self.conn.execute(
+                &format!(
+                    "DELETE FROM {}",
+                    shadow::dead_table(&self.schema, &self.name)
+                ),
+                [],
+            )?;
+        }
         Ok(())
     }
 }

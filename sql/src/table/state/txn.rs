@@ -47,11 +47,20 @@ impl TableState {
         self.generation = snap.generation;
         self.committed = snap.committed;
         self.live = None;
-        let mut s = self.store();
-        if s.len() > snap.len {
-            s.truncate(snap.len).map_err(Error::from)?;
+        let r = {
+            let mut s = self.store();
+            if s.len() > snap.len {
+                s.truncate(snap.len).map_err(Error::from)
+            } else {
+                Ok(())
+            }
+        };
+        if r.is_err() {
+            // Slots no row names any more; a format-2 table lists them in `<t>_dead` at xSync.
+            let len = self.store().len();
+            self.note_orphans(snap.len..len);
         }
-        Ok(())
+        Ok(r?)
     }
 
     /// Whether this transaction replaced the vector store (a compaction not rolled back).
@@ -113,6 +122,19 @@ impl TableState {
         if n != self.committed || compacted {
             shadow::set(&self.conn, &self.schema, &self.name, COMMITTED, n as i64)?;
         }
+        if self.format2() {
+            // Slots a failed truncation left behind (see `note_orphans`), past the committed rows.
+            let dead = shadow::dead_table(&self.schema, &self.name);
+            for s in self.orphan_slots(n) {
+                if s >= self.committed {
+                    self.conn
+                        .prepare_cached(&format!("INSERT INTO {dead}(slot) VALUES (?1)"))?
+                        .execute([s as i64])?;
+                    self.remapping = true;
+                }
+            }
+            self.orphans.clear();
+        }
         if self.remapping || compacted {
             let m = shadow::bump_remaps(&self.conn, &self.schema, &self.name)?;
             self.remaps_written = Some(m);
@@ -132,6 +154,7 @@ impl TableState {
                 self.remaps = m;
             }
             self.remapping = false;
+            self.orphans.clear();
             if self.compacted() {
                 // The old file is an orphan now; the next write of this connection removes it.
                 self.orphans_collected = false;
@@ -159,6 +182,8 @@ impl TableState {
         self.in_write = false;
         self.savepoints.clear();
         self.live = None;
+        // Slots past the committed count are the next writer's to truncate.
+        self.orphans.clear();
         r
     }
 
