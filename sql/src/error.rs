@@ -230,6 +230,15 @@ pub fn catch_panic<T>(what: &str, f: impl FnOnce() -> rusqlite::Result<T>) -> ru
     }
 }
 
+/// A place inside a callback where the test-only `panic-test` feature can make it panic (armed as
+/// `"<callback>: <place>"`, e.g. `"xCommit: store committed"`), to check that a failure part-way
+/// through leaves consistent state. Does nothing without the feature.
+#[inline(always)]
+pub(crate) fn panic_point(_what: &str) {
+    #[cfg(feature = "panic-test")]
+    panic_test::hit(_what);
+}
+
 /// Registers scalar function `name` with its body inside [`catch_panic`] (rusqlite's own unwind catch
 /// would report a panic as `SQLITE_CONSTRAINT_FUNCTION` without the `phenix: ` prefix).
 pub(crate) fn create_scalar<F, T>(

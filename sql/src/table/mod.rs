@@ -126,11 +126,27 @@ unsafe extern "C" fn x_release(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
 
 unsafe extern "C" fn x_rollback_to(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
     // SAFETY: installed only in MODULE (see `with_tab`).
-    unsafe {
+    let rc = unsafe {
         with_tab(vt, "xRollbackTo", |t| {
             with_state_unless_nested(t, |st| st.rollback_to(i))
         })
+    };
+    if rc != ffi::SQLITE_OK {
+        // SQLite rolled the shadow tables back to the savepoint all the same: the state follows
+        // (`TableState::recover`), whatever part of `rollback_to` ran.
+        // SAFETY: as above.
+        unsafe {
+            with_tab(vt, "recovery of a failed transaction hook", |t| {
+                with_state_unless_nested(t, |st| {
+                    st.recover(state::Failed::RollbackTo(i));
+                    Ok(())
+                })?;
+                t.state.clear_poison();
+                Ok(())
+            })
+        };
     }
+    rc
 }
 
 unsafe extern "C" fn x_rename(vt: *mut ffi::sqlite3_vtab, new: *const c_char) -> c_int {

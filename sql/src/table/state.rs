@@ -6,6 +6,8 @@
 mod compact;
 mod txn;
 
+pub(crate) use txn::Failed;
+
 use super::live::Live;
 use super::registry;
 use super::schema::TableDef;
