@@ -17,6 +17,7 @@
 //! - [`live`]: the live set (slot → rowid) and its invariants;
 //! - [`shadow`]: the shadow tables and the one reader of `<t>_info`;
 //! - [`sidecar`]: vector-file paths, open-and-check-header, orphan collection;
+//! - [`drops`]: an in-memory table's vectors freed when its `DROP TABLE` commits;
 //! - [`registry`]: process-wide registries (connected tables, in-memory stores, thread count);
 //! - [`schema`]: parsing the column definitions; [`names`]: quoting and registry keys.
 //!
@@ -27,6 +28,7 @@
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod cursor;
+pub(crate) mod drops;
 pub(crate) mod live;
 pub(crate) mod names;
 pub(crate) mod plan;
@@ -186,7 +188,9 @@ pub(crate) fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     let module: &'static Module<'static, PhenixTab> =
         unsafe { &*(&MODULE as *const ffi::sqlite3_module as *const Module<'static, PhenixTab>) };
     // The module's client data holds this connection's in-memory vectors; SQLite drops it at close.
-    conn.create_module("phenix", module, Some(registry::ConnStores::default()))?;
+    let stores = registry::ConnStores::default();
+    drops::register(conn, &stores)?;
+    conn.create_module("phenix", module, Some(stores))?;
     check::register(conn)?;
     backup::register(conn)?;
     retrieve::register(conn)
