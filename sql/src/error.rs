@@ -37,6 +37,9 @@ pub enum Error {
     /// (`SQLITE_MISMATCH`).
     #[error("phenix: {0}")]
     Mismatch(String),
+    /// A bad column definition in `CREATE VIRTUAL TABLE … USING phenix(…)` (`SQLITE_ERROR`).
+    #[error("phenix: {0}")]
+    Schema(#[from] crate::table::schema::SchemaError),
     /// A vector value that cannot be decoded (`SQLITE_ERROR`).
     #[error(transparent)]
     Vector(#[from] VectorError),
@@ -94,9 +97,11 @@ impl Error {
     pub fn code(&self) -> i32 {
         use phenix_core::Error as C;
         match self {
-            Error::InvalidArgument(_) | Error::Vector(_) | Error::Io(_) | Error::Panic { .. } => {
-                ffi::SQLITE_ERROR
-            }
+            Error::InvalidArgument(_)
+            | Error::Schema(_)
+            | Error::Vector(_)
+            | Error::Io(_)
+            | Error::Panic { .. } => ffi::SQLITE_ERROR,
             Error::Mismatch(_) => ffi::SQLITE_MISMATCH,
             Error::Corrupt(_) => ffi::SQLITE_CORRUPT_VTAB,
             Error::CantOpen(_) => ffi::SQLITE_CANTOPEN,

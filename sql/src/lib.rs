@@ -62,6 +62,7 @@ pub fn memory_store_bytes(id: &str) -> Option<u64> {
 
 pub use error::{catch_panic, sql_error, sqlite_owned_cstring, Error, Result};
 pub use functions::{create_path_function, path_arg};
+pub use table::schema::SchemaError;
 pub use vector::{decode_vector, decode_vector_into, parse_vector, Decoded, Encoding, VectorError};
 
 /// This library's version (`SELECT phenix_version()` returns the same).

@@ -50,11 +50,13 @@ pub struct Tvf<F: TableFunction> {
     f: PhantomData<F>,
 }
 
-/// Its cursor over materialised rows.
+/// Its cursor over materialised rows. It borrows the table's connection: SQLite closes every cursor
+/// of a table before it disconnects the table (rusqlite ties the cursor's lifetime to the table's
+/// `open(&'vtab mut self)` borrow), so no raw pointer is needed.
 #[repr(C)]
-pub struct TvfCursor<F: TableFunction> {
+pub struct TvfCursor<'vtab, F: TableFunction> {
     base: sqlite3_vtab_cursor,
-    conn: *const Connection,
+    conn: &'vtab Connection,
     rows: Vec<Vec<Value>>,
     pos: usize,
     f: PhantomData<F>,
@@ -63,7 +65,7 @@ pub struct TvfCursor<F: TableFunction> {
 // SAFETY: `Tvf` is `#[repr(C)]` with `sqlite3_vtab` as its first field.
 unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
     type Aux = ();
-    type Cursor = TvfCursor<F>;
+    type Cursor = TvfCursor<'vtab, F>;
 
     fn connect(
         db: &mut VTabConnection,
@@ -122,7 +124,7 @@ unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
         })
     }
 
-    fn open(&'vtab mut self) -> rusqlite::Result<TvfCursor<F>> {
+    fn open(&'vtab mut self) -> rusqlite::Result<TvfCursor<'vtab, F>> {
         catch_panic(F::NAME, || {
             Ok(TvfCursor {
                 base: sqlite3_vtab_cursor::default(),
@@ -136,13 +138,11 @@ unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
 }
 
 // SAFETY: `TvfCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` as its first field.
-unsafe impl<F: TableFunction> VTabCursor for TvfCursor<F> {
+unsafe impl<F: TableFunction> VTabCursor for TvfCursor<'_, F> {
     fn filter(&mut self, _n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
         catch_panic(F::NAME, || {
-            // SAFETY: a cursor never outlives its table, which owns the connection wrapper.
-            let conn = unsafe { &*self.conn };
             let vals: Vec<ValueRef<'_>> = args.iter().collect();
-            self.rows = F::rows(conn, &vals)?;
+            self.rows = F::rows(self.conn, &vals)?;
             self.pos = 0;
             Ok(())
         })

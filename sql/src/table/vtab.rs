@@ -54,7 +54,7 @@ impl PhenixTab {
             .iter()
             .map(|a| utf8(a, "column definition"))
             .collect::<rusqlite::Result<_>>()?;
-        let def = super::schema::parse(&name, &cols).map_err(sql_error)?;
+        let def = super::schema::parse(&name, &cols).map_err(crate::error::Error::from)?;
         // SAFETY: the handle is the connection that is creating/connecting this table; the non-owning
         // `Connection` made from it never closes it and is dropped in xDisconnect/xDestroy, before
         // SQLite can close the database.
