@@ -41,6 +41,42 @@ pub trait TableFunction: 'static {
     fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>>;
 }
 
+/// xBestIndex of a table-valued function whose `args` arguments are the hidden columns after its
+/// `visible` columns, all required: binds each `=` constraint on them to `argv[1..=args]` in column
+/// order (omitted from SQLite's re-check) and sets the plan's cost and row estimate. Returns false
+/// (the plan is unusable) when an argument has no `=` constraint or an unusable one, so SQLite picks a
+/// plan that supplies them all.
+pub(crate) fn bind_arguments(
+    info: &mut IndexInfo,
+    visible: c_int,
+    args: c_int,
+    cost: f64,
+    rows: i64,
+) -> bool {
+    let mut slots = vec![None; args as usize];
+    for (i, c) in info.constraints().enumerate() {
+        let arg = c.column() - visible;
+        if (0..args).contains(&arg) && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+        {
+            if !c.is_usable() {
+                return false;
+            }
+            slots[arg as usize] = Some(i);
+        }
+    }
+    let Some(slots) = slots.into_iter().collect::<Option<Vec<usize>>>() else {
+        return false;
+    };
+    for (n, i) in (1..).zip(slots) {
+        let mut u = info.constraint_usage(i);
+        u.set_argv_index(n);
+        u.set_omit(true);
+    }
+    info.set_estimated_cost(cost);
+    info.set_estimated_rows(rows);
+    true
+}
+
 /// The virtual table of a [`TableFunction`].
 #[repr(C)]
 pub struct Tvf<F: TableFunction> {
@@ -97,30 +133,7 @@ unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
         catch_panic(F::NAME, || {
-            let mut slots = vec![None; F::ARGS as usize];
-            for (i, c) in info.constraints().enumerate() {
-                let arg = c.column() - F::VISIBLE;
-                if (0..F::ARGS).contains(&arg)
-                    && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
-                {
-                    if !c.is_usable() {
-                        return Ok(false);
-                    }
-                    slots[arg as usize] = Some(i);
-                }
-            }
-            // Every argument is required; a plan without one is unusable.
-            let Some(slots) = slots.into_iter().collect::<Option<Vec<usize>>>() else {
-                return Ok(false);
-            };
-            for (n, i) in (1..).zip(slots) {
-                let mut u = info.constraint_usage(i);
-                u.set_argv_index(n);
-                u.set_omit(true);
-            }
-            info.set_estimated_cost(F::COST);
-            info.set_estimated_rows(F::ROWS);
-            Ok(true)
+            Ok(bind_arguments(info, F::VISIBLE, F::ARGS, F::COST, F::ROWS))
         })
     }
 
