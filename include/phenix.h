@@ -7,7 +7,6 @@
  * pick, and why registration goes through SQLite's own extension mechanism: docs/embedding.md.
  *
  *   #include <sqlite3.h>
-#include <stdint.h>
  *   #include "phenix.h"
  *
  *   sqlite3_auto_extension((void (*)(void))sqlite3_phenix_init);  // every connection opened later
@@ -22,6 +21,7 @@
 
 /* sqlite3.h declares the opaque sqlite3_api_routines; sqlite3ext.h is for extensions, not for you. */
 #include <sqlite3.h>
+#include <stdint.h>
 
 /* The version of this header; phenix_version() returns the library's. */
 #define PHENIX_VERSION "0.1.0"
