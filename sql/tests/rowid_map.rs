@@ -452,6 +452,47 @@ fn a_damaged_row_id_file_is_a_corrupt_error() {
     assert!(check.contains("t_dead: 1 entr"), "{check}");
 }
 
+/// `phenix_retrieve_all` ranks without the cursor: its rows are checked against `t_rows` too.
+#[test]
+fn retrieve_all_refuses_rows_of_a_damaged_map() {
+    let d = TempDir::new("rowid-map-retrieve-all");
+    let db = d.0.join("f.db");
+    let w = open(&db);
+    create(&w);
+    let mut m = Model::new();
+    for i in 1..=12 {
+        insert(&w, &mut m, i, i as u64);
+    }
+    let all = |c: &Connection| -> rusqlite::Result<Vec<(i64, i64)>> {
+        c.prepare("SELECT query_rowid, rowid FROM phenix_retrieve_all('t', 't', 12)")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+    };
+    assert_eq!(all(&w).unwrap().len(), 144);
+    drop(w);
+    let p = ids_file(&db);
+    let mut b = std::fs::read(&p).unwrap();
+    b[64 + 8 * 3..64 + 8 * 4].copy_from_slice(&999i64.to_le_bytes());
+    std::fs::write(&p, b).unwrap();
+    let e = all(&open(&db)).expect_err("a row id the table does not hold");
+    assert!(is_corrupt(&e), "{e}");
+    assert!(e.to_string().contains("row 999"), "{e}");
+    // The damaged table as the query side only (an ordinary target) is refused as well.
+    let c = open(&db);
+    c.execute_batch("CREATE VIRTUAL TABLE u USING phenix(v float32[4] distance=l2)")
+        .unwrap();
+    c.execute("INSERT INTO u(rowid, v) VALUES (1, '[0,0,0,0]')", [])
+        .unwrap();
+    let e = c
+        .prepare("SELECT query_rowid FROM phenix_retrieve_all('u', 't', 1)")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .expect_err("query rows of a damaged map");
+    assert!(is_corrupt(&e), "{e}");
+}
+
 /// A reader holding a map of the row-id file when another program truncates it gets an error at its
 /// next statement (the length is checked per statement), not a SIGBUS.
 #[test]
