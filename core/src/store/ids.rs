@@ -261,15 +261,16 @@ impl IdColumn {
         Ok(len.saturating_sub(IDS_HEADER_LEN as u64) / 8)
     }
 
-    /// Checks the file's length: at least `relied` entries, else [`Error::Truncated`]. Returns the
+    /// Checks the file's length: at least `relied` entries, else [`Error::BadIdFile`]. Returns the
     /// entries present.
     pub fn check(&self, relied: u64) -> Result<u64> {
         let found = self.disk_rows()?;
         if found < relied {
-            return Err(Error::Truncated {
+            return Err(Error::BadIdFile {
                 path: self.path.clone(),
-                found,
-                committed: relied,
+                detail: format!(
+                    "it holds {found} row ids but {relied} rows are committed; the file was truncated or replaced"
+                ),
             });
         }
         Ok(found)
