@@ -57,11 +57,21 @@ out = {}
 if what == "warm":
     c = conn(); t(c)
 elif what == "first":
+    import resource
     a = time.perf_counter()
     c = conn()
     out["connect_ms"] = (time.perf_counter() - a) * 1000
+    u0 = resource.getrusage(resource.RUSAGE_SELF)
     out["first_ms"] = t(c)
+    u1 = resource.getrusage(resource.RUSAGE_SELF)
     out["steady_ms"] = statistics.median(t(c) for _ in range(5))
+    u2 = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU of the first query vs one later query (system time: mapping the files into this process).
+    out["first_user_ms"] = (u1.ru_utime - u0.ru_utime) * 1000
+    out["first_sys_ms"] = (u1.ru_stime - u0.ru_stime) * 1000
+    out["first_faults"] = u1.ru_minflt - u0.ru_minflt
+    out["steady_user_ms"] = (u2.ru_utime - u1.ru_utime) * 1000 / 5
+    out["steady_sys_ms"] = (u2.ru_stime - u1.ru_stime) * 1000 / 5
 else:
     r = conn(); w = conn()
     t(r); t(r)
@@ -150,16 +160,22 @@ def main() -> None:
                 "connect_ms": med(firsts, "connect_ms"),
                 "first_knn_ms": med(firsts, "first_ms"),
                 "steady_knn_ms": med(firsts, "steady_ms"),
+                "first_cpu_user_sys_ms": (med(firsts, "first_user_ms"), med(firsts, "first_sys_ms")),
+                "steady_cpu_user_sys_ms": (med(firsts, "steady_user_ms"), med(firsts, "steady_sys_ms")),
+                "first_minor_faults": med(firsts, "first_faults"),
                 "after_append10_ms": med(catch, "append10_ms"),
                 "after_delete1_ms": med(catch, "delete1_ms"),
                 "catchup_steady_ms": med(catch, "steady_ms"),
             }
             report[label] = r
             print(
-                f"{label}: connect {r['connect_ms']:.1f} ms, first KNN {r['first_knn_ms']:.1f} ms, "
+                f"{label}: open + load_extension {r['connect_ms']:.1f} ms, first KNN {r['first_knn_ms']:.1f} ms, "
                 f"steady {r['steady_knn_ms']:.1f} ms (first/steady {r['first_knn_ms'] / r['steady_knn_ms']:.2f}); "
                 f"next KNN after another connection appends 10 rows {r['after_append10_ms']:.1f} ms, "
-                f"after it deletes 1 row {r['after_delete1_ms']:.1f} ms (steady {r['catchup_steady_ms']:.1f} ms)",
+                f"after it deletes 1 row {r['after_delete1_ms']:.1f} ms (steady {r['catchup_steady_ms']:.1f} ms); "
+                f"CPU user/sys of the first query {r['first_cpu_user_sys_ms'][0]:.0f}/{r['first_cpu_user_sys_ms'][1]:.0f} ms, "
+                f"of a steady one {r['steady_cpu_user_sys_ms'][0]:.0f}/{r['steady_cpu_user_sys_ms'][1]:.0f} ms, "
+                f"{r['first_minor_faults']:.0f} minor faults in the first",
                 flush=True,
             )
         if a.json:
