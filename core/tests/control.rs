@@ -105,8 +105,8 @@ fn a_control_that_stops_makes_every_path_return_cancelled_early() {
         // Stopped from outside before the search starts: no rows returned, one chunk per worker.
         let control = Control::default();
         control.stop();
-        let mut p = p;
-        p.control = Some(&control);
-        assert!(matches!(search(&view, &q, &p), Err(Error::Cancelled)));
+        let mut early = p;
+        early.control = Some(&control);
+        assert!(matches!(search(&view, &q, &early), Err(Error::Cancelled)));
     }
 }
