@@ -63,6 +63,9 @@ sqls = {
     "retrieve_all": "SELECT query_rowid, rowid, rank FROM phenix_retrieve_all('t', 'qs', 5)",
     "optimize": "INSERT INTO t(t) VALUES ('optimize')",
     "backup": "SELECT phenix_backup('" + os.path.join(dbdir, "copy.sqlite") + "')",
+    "embed_molecules": "SELECT id, hex(embedding) FROM phenix_embed_molecules('default', "
+    "'WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+    "SELECT i, ''C'' || substr(''CCCCCCCCCCCC'', 1, i % 12) || ''O'', 1.0 FROM n')",
 }
 sql = sqls[op]
 if mode == "bar":
@@ -112,7 +115,7 @@ if "t" in stamp:
     out["to_stop_ms"] = (end - stamp["t"]) * 1e3
 out["seen"] = seen[-1:] + [len(seen)]
 out["intact"] = snapshot() == before  # a compaction keeps every row as it was
-if op in ("knn", "retrieve_all"):
+if op in ("knn", "retrieve_all", "embed_molecules"):
     out["again_same"] = q(sql) == want
 if op == "optimize":
     q("INSERT INTO t(t) VALUES ('optimize')")
@@ -143,7 +146,7 @@ def _run(host: str, ext, tmp_path, op: str, mode: str, stderr: list | None = Non
     return out
 
 
-OPS = ["knn", "retrieve_all", "optimize", "backup"]
+OPS = ["knn", "retrieve_all", "optimize", "backup", "embed_molecules"]
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -158,7 +161,7 @@ def test_interrupt_stops_phenix_on_a_new_host(op, ext, tmp_path):
     if op != "backup":
         assert out["message"].startswith("phenix"), out
     assert out["intact"], out
-    if op in ("knn", "retrieve_all"):
+    if op in ("knn", "retrieve_all", "embed_molecules"):
         assert out["again_same"], out
     if op == "optimize":
         assert out["intact_after_optimize"] and out["check"] == "ok", out
