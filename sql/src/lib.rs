@@ -2,7 +2,7 @@
 //!
 //! The SQLite surface of phenix: the vector SQL functions ([`functions`]), the parsing of vector
 //! arguments ([`vector`]), the `phenix` virtual table (`src/table/`, internal), the encoder functions
-//! ([`models`]), and the one [`register`] function that installs all of it on a connection. It owns no storage or search code (that is `phenix-core`) and no
+//! ([`encoders`]), and the one [`register`] function that installs all of it on a connection. It owns no storage or search code (that is `phenix-core`) and no
 //! model code (`phenix-models`).
 //!
 //! The same [`register`] serves two builds, chosen by exactly one cargo feature:
