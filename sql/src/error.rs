@@ -14,6 +14,7 @@
 //! | a store opened read-only asked to write | `SQLITE_READONLY` | |
 //! | other I/O failures | `SQLITE_ERROR` | a failed `write` or `fsync` |
 //! | a panic inside phenix | `SQLITE_ERROR` | `phenix: internal error in xFilter: …` |
+//! | long work stopped by `sqlite3_interrupt` or the progress callback | `SQLITE_INTERRUPT` | `phenix: interrupted` |
 //!
 //! I/O failures are deliberately not `SQLITE_IOERR`: SQLite treats that code (like `SQLITE_FULL` and
 //! `SQLITE_NOMEM`) as fatal to the whole transaction and rolls it back, whereas phenix leaves the
@@ -73,6 +74,10 @@ pub enum Error {
         /// The panic message.
         detail: String,
     },
+    /// Long work stopped by `sqlite3_interrupt` or the progress callback (`SQLITE_INTERRUPT`); see
+    /// [`crate::control`].
+    #[error("phenix: interrupted")]
+    Interrupted,
     /// An internal invariant did not hold (`SQLITE_INTERNAL`).
     #[error("phenix: internal: {0}")]
     Internal(String),
@@ -107,6 +112,7 @@ impl Error {
             Error::CantOpen(_) => ffi::SQLITE_CANTOPEN,
             Error::SnapshotConflict(_) => ffi::SQLITE_BUSY,
             Error::Internal(_) => ffi::SQLITE_INTERNAL,
+            Error::Interrupted => ffi::SQLITE_INTERRUPT,
             Error::Store { source, .. } => match source {
                 C::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                     ffi::SQLITE_CANTOPEN
@@ -118,6 +124,7 @@ impl Error {
                 | C::Truncated { .. }
                 | C::SlotOutOfRange { .. } => ffi::SQLITE_CORRUPT_VTAB,
                 C::ReadOnly(_) => ffi::SQLITE_READONLY,
+                C::Cancelled => ffi::SQLITE_INTERRUPT,
                 _ => ffi::SQLITE_ERROR,
             },
             Error::Sqlite(e) => e
@@ -143,6 +150,7 @@ impl Error {
             Error::SnapshotConflict(m) => Error::SnapshotConflict(wrap(m)),
             Error::Io(m) => Error::Io(wrap(m)),
             Error::Internal(m) => Error::Internal(wrap(m)),
+            Error::Interrupted => Error::Interrupted,
             Error::Store { context, source } => Error::Store {
                 context: format!("{prefix}{context}"),
                 source,
@@ -257,7 +265,23 @@ where
     F: Fn(&rusqlite::functions::Context<'_>) -> rusqlite::Result<T> + Send + 'static,
     T: rusqlite::functions::SqlFnOutput,
 {
-    conn.create_scalar_function(name, n_arg, flags, move |ctx| catch_panic(name, || f(ctx)))
+    conn.create_scalar_function(name, n_arg, flags, move |ctx| {
+        catch_panic(name, || f(ctx)).map_err(scalar_error)
+    })
+}
+
+/// A scalar function's error as rusqlite should report it. rusqlite calls `sqlite3_result_error_code`
+/// and then `sqlite3_result_error`, which sets the code back to `SQLITE_ERROR`; an interrupt keeps
+/// `SQLITE_INTERRUPT` by going without a message (SQLite then says `interrupted`).
+pub(crate) fn scalar_error(e: rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, Some(_))
+            if f.code == rusqlite::ErrorCode::OperationInterrupted =>
+        {
+            rusqlite::Error::SqliteFailure(f, None)
+        }
+        e => e,
+    }
 }
 
 /// An aggregate (or window) function whose callbacks run inside [`catch_panic`] under `name`:

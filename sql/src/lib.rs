@@ -36,6 +36,7 @@ compile_error!(
 
 pub mod analysis;
 pub(crate) mod args;
+pub mod control;
 pub mod encoders;
 pub mod error;
 pub mod functions;
