@@ -27,6 +27,7 @@
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod cursor;
+pub(crate) mod index;
 pub(crate) mod live;
 pub(crate) mod names;
 pub(crate) mod plan;
@@ -173,5 +174,6 @@ pub(crate) fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.create_module("phenix", module, Some(registry::ConnStores::default()))?;
     check::register(conn)?;
     backup::register(conn)?;
+    index::register(conn)?;
     retrieve::register(conn)
 }

@@ -5,7 +5,8 @@
 //!   embedding float16[256] distance=cosine,  -- exactly one vector column: float16[N] | float32[N] | float[N]
 //!   smiles TEXT,                             -- metadata: stored in SQLite, pre-filtered in KNN
 //!   concentration REAL,
-//!   +note TEXT                               -- auxiliary: stored and returned, not pre-filtered
+//!   +note TEXT,                              -- auxiliary: stored and returned, not pre-filtered
+//!   index=ivf(lists=1024, codes=sq8)         -- optional: an IVF index (see `super::index`)
 //! )
 //! ```
 
@@ -32,12 +33,18 @@ pub struct TableDef {
     pub layout: Layout,
     /// Metadata columns first, then auxiliary ones, in declaration order within each group.
     pub columns: Vec<Column>,
+    /// The declared IVF index (`index=ivf(...)`), if any. Not part of [`TableDef::canonical`]: the
+    /// declaration lives in the schema's `CREATE VIRTUAL TABLE` statement, which cannot change.
+    pub index: Option<super::index::IndexDecl>,
 }
 
 const TYPES: &[&str] = &[
     "TEXT", "INTEGER", "INT", "REAL", "FLOAT", "DOUBLE", "BLOB", "NUMERIC",
 ];
 const RESERVED: &[&str] = &["distance", "k", "rowid", "oid", "_rowid_", "rank"];
+/// The hidden columns of a table with an index (reserved only there, so that tables without an index
+/// keep columns of these names).
+const INDEX_RESERVED: &[&str] = &["nprobe", "exact"];
 
 fn is_ident(s: &str) -> bool {
     let mut ch = s.chars();
@@ -51,6 +58,7 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, String> {
     let mut meta = Vec::new();
     let mut aux = Vec::new();
     let mut seen: Vec<String> = Vec::new();
+    let mut index: Option<super::index::IndexDecl> = None;
     let usage = "expected `name float16[N] [distance=cosine|l2|dot]`, `name TYPE` or `+name TYPE`";
     if RESERVED.contains(&table.to_ascii_lowercase().as_str()) {
         return Err(format!(
@@ -61,6 +69,20 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, String> {
         let arg = raw.trim();
         if arg.is_empty() {
             continue;
+        }
+        if let Some((k, v)) = arg.split_once('=') {
+            if k.trim().eq_ignore_ascii_case("index") {
+                if index.is_some() {
+                    return Err(format!(
+                        "phenix table {table}: `{arg}`: the index is declared twice; declare one index=ivf(...)"
+                    ));
+                }
+                index = Some(
+                    super::index::IndexDecl::parse(v.trim())
+                        .map_err(|e| format!("phenix table {table}: `{arg}`: {e}"))?,
+                );
+                continue;
+            }
         }
         let toks: Vec<&str> = arg.split_whitespace().collect();
         let (name, is_aux) = match toks[0].strip_prefix('+') {
@@ -73,7 +95,10 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, String> {
             ));
         }
         let lname = name.to_ascii_lowercase();
-        if RESERVED.contains(&lname.as_str()) || lname == table.to_ascii_lowercase() {
+        if RESERVED.contains(&lname.as_str())
+            || lname == table.to_ascii_lowercase()
+            || (index.is_some() && INDEX_RESERVED.contains(&lname.as_str()))
+        {
             return Err(format!(
                 "phenix table {table}: column name `{name}` is reserved (distance, k, rank, rowid and the table's own name are phenix's)"
             ));
@@ -149,10 +174,23 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, String> {
         format!("phenix table {table}: no vector column; declare one, e.g. `embedding float16[256] distance=cosine`")
     })?;
     meta.extend(aux);
+    if index.is_some() {
+        // A column declared before the index is checked here.
+        if let Some(c) = meta
+            .iter()
+            .find(|c| INDEX_RESERVED.contains(&c.name.to_ascii_lowercase().as_str()))
+        {
+            return Err(format!(
+                "phenix table {table}: column name `{}` is reserved in a table with an index (nprobe and exact are its hidden columns)",
+                c.name
+            ));
+        }
+    }
     Ok(TableDef {
         vector: vname,
         layout,
         columns: meta,
+        index,
     })
 }
 
@@ -177,7 +215,8 @@ fn parse_vector_type(ty: &str) -> Option<(ElemType, Result<usize, String>)> {
 }
 
 impl TableDef {
-    /// The `CREATE TABLE` statement declared to SQLite (hidden columns `distance` and `k` last).
+    /// The `CREATE TABLE` statement declared to SQLite (hidden columns `distance` and `k` last, then
+    /// `nprobe` and `exact` in a table with an index).
     ///
     /// The last hidden column carries the table's own name: `INSERT INTO t(t) VALUES ('optimize')` runs a
     /// command (FTS5's convention).
@@ -186,10 +225,11 @@ impl TableDef {
         for c in &self.columns {
             s.push_str(&format!(", \"{}\" {}", c.name, c.decl_type));
         }
-        s.push_str(&format!(
-            ", distance HIDDEN, k HIDDEN, \"{}\" HIDDEN)",
-            table.replace('"', "\"\"")
-        ));
+        s.push_str(", distance HIDDEN, k HIDDEN");
+        if self.index.is_some() {
+            s.push_str(", nprobe HIDDEN, exact HIDDEN");
+        }
+        s.push_str(&format!(", \"{}\" HIDDEN)", table.replace('"', "\"\"")));
         s
     }
     /// Index of the vector column in the declared table.
@@ -218,9 +258,17 @@ impl TableDef {
     pub fn k_col(&self) -> i32 {
         2 + self.columns.len() as i32
     }
+    /// Index of the hidden `nprobe` column (a table with an index only).
+    pub fn nprobe_col(&self) -> Option<i32> {
+        self.index.is_some().then(|| 3 + self.columns.len() as i32)
+    }
+    /// Index of the hidden `exact` column (a table with an index only).
+    pub fn exact_col(&self) -> Option<i32> {
+        self.index.is_some().then(|| 4 + self.columns.len() as i32)
+    }
     /// Index of the hidden command column (named after the table).
     pub fn command_col(&self) -> i32 {
-        3 + self.columns.len() as i32
+        3 + self.columns.len() as i32 + if self.index.is_some() { 2 } else { 0 }
     }
     /// A canonical text form of the definition, stored in the info shadow table and compared on connect.
     pub fn canonical(&self) -> String {

@@ -23,6 +23,9 @@ pub(crate) struct Snapshot {
     len: u64,
     generation: u64,
     committed: u64,
+    /// The IVF index's epoch (`state/index.rs`): a rollback truncates the index, or drops it if it
+    /// was rebuilt or remapped since.
+    index_epoch: u64,
 }
 
 impl TableState {
@@ -32,6 +35,7 @@ impl TableState {
             len: self.store().len(),
             generation: self.generation,
             committed: self.committed,
+            index_epoch: self.index_epoch(),
         }
     }
 
@@ -47,6 +51,7 @@ impl TableState {
         self.generation = snap.generation;
         self.committed = snap.committed;
         self.live = None;
+        self.index_restore(snap.len, snap.index_epoch);
         let mut s = self.store();
         if s.len() > snap.len {
             s.truncate(snap.len).map_err(Error::from)?;
