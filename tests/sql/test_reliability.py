@@ -13,7 +13,9 @@ SQLite 3.40.1), in rollback-journal and WAL mode.
   after the kill, KNN through the index (every list probed) must reach every row, ``phenix_check`` must
   accept the snapshot, and the next writer must leave exactly one vector file and one snapshot.
 - Concurrency: three reader processes query in read transactions while a writer inserts, deletes and
-  compacts; every snapshot they see holds whole transactions only, with intact vectors.
+  compacts; every snapshot they see holds whole transactions only, with intact vectors. Once more (WAL)
+  on a table with an IVF index the writer also rebuilds: every reader's index query returns only rows
+  of its snapshot, k of them, none nearer than the exact answer's row of the same rank.
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ READER = COMMON + textwrap.dedent(
     """
     import struct, sys, time
     db, ext, mode, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    INDEXED = sys.argv[5] == "1"
     c = connect(db, ext, mode)
     q = "[" + ",".join(["0.25"] * 8) + "]"
     snapshots = busy = 0
@@ -224,6 +227,9 @@ READER = COMMON + textwrap.dedent(
             rows = c.execute("SELECT rowid, v, src FROM t").fetchall()
             knn = c.execute(f"SELECT rowid FROM t WHERE v MATCH '{q}' AND k = 1000000").fetchall()
             tags = c.execute("SELECT tag, count(*) FROM t GROUP BY tag").fetchall()
+            if INDEXED:
+                via = c.execute(f"SELECT rowid, distance FROM t WHERE v MATCH '{q}' AND k = 5 AND nprobe = 2").fetchall()
+                ex = c.execute(f"SELECT rowid, distance FROM t WHERE v MATCH '{q}' AND k = 5 AND exact = 1").fetchall()
             c.execute("COMMIT")
         except sqlite3.OperationalError as e:
             if c.in_transaction:
@@ -235,6 +241,12 @@ READER = COMMON + textwrap.dedent(
         # Whole transactions only: every tag (one per writer transaction) has 10 rows.
         assert all(n == 10 for _, n in tags), tags
         assert sorted(r for (r,) in knn) == sorted(r for r, _, _ in rows)
+        if INDEXED:
+            # The index of this snapshot: only its live rows, k of them when k exist, each no nearer
+            # than the exact answer's row of the same rank.
+            live = {r for r, _, _ in rows}
+            assert len(via) == min(5, len(rows)) and all(r in live for r, _ in via), (via, len(rows))
+            assert all(a[1] >= b[1] - 1e-6 for a, b in zip(via, ex)), (via, ex)
         for _, blob, src in rows:
             want = [float(x) for x in json.loads(src)]
             got = struct.unpack(f"<{len(blob) // 2}e", blob)
@@ -245,18 +257,19 @@ READER = COMMON + textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode", ["delete", "wal"])
-def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compacts(ext, tmp_path, mode):
+@pytest.mark.parametrize("mode,indexed", [("delete", False), ("wal", False), ("wal", True)])
+def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compacts(ext, tmp_path, mode, indexed):
     db = tmp_path / "c.db"
     c = _connect(ext, db)
     c.execute(f"PRAGMA journal_mode={mode}")
-    c.execute("CREATE VIRTUAL TABLE t USING phenix(v float16[8], tag TEXT, +src TEXT)")
+    index = ", index=ivf(lists=4)" if indexed else ""
+    c.execute(f"CREATE VIRTUAL TABLE t USING phenix(v float16[8], tag TEXT, +src TEXT{index})")
     script = tmp_path / "reader.py"
     script.write_text(READER)
     seconds = 4.0
     readers = [
         subprocess.Popen(
-            [sys.executable, str(script), str(db), str(ext), mode, str(seconds)],
+            [sys.executable, str(script), str(db), str(ext), mode, str(seconds), "1" if indexed else "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -265,7 +278,7 @@ def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compa
     ]
     rng = np.random.default_rng(1)
     end = time.time() + seconds + 0.5
-    tx = inserts = deletes = compactions = busy = 0
+    tx = inserts = deletes = compactions = busy = builds = 0
     live = []
     while time.time() < end:
         tx += 1
@@ -282,6 +295,10 @@ def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compa
                 c.execute("INSERT INTO t(t) VALUES ('optimize')")
                 c.execute("COMMIT")
                 compactions += 1
+            elif indexed and action < 0.42 and len(live) > 0:
+                c.execute("INSERT INTO t(t) VALUES ('build-index')")
+                c.execute("COMMIT")
+                builds += 1
             else:
                 tag = f"tx{tx}"
                 for v in np.round(rng.uniform(-1, 1, size=(10, DIM)), 3):
@@ -304,3 +321,5 @@ def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compa
     assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 10 * len(live)
     print(f"{mode}: writer {inserts} inserts, {deletes} deletes, {compactions} compactions, {busy} busy; readers (snapshots, busy) {results}")
     assert compactions > 0 and all(s > 0 for s, _ in results)
+    if indexed:
+        assert builds > 0
