@@ -729,3 +729,26 @@ fn random_transactions_with_an_index_match_an_ordinary_table() {
         );
     }
 }
+
+#[test]
+fn backup_copies_the_snapshot() {
+    let dir = TempDir::new("ivf-backup");
+    let db = dir.0.join("b.db");
+    let c = open(&db);
+    create(&c, "t", "ivf(lists=8)");
+    let rows = data(500, 10, 21);
+    load(&c, "t", &rows);
+    build(&c, "t").unwrap();
+    let copy = dir.0.join("copy.db");
+    let r: String = c
+        .query_row("SELECT phenix_backup(?1)", [copy.to_str().unwrap()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(r, r#"{"rows":500,"tables":1}"#);
+    drop(c);
+    let b = open(&copy);
+    assert_eq!(check(&b, "t"), "ok");
+    let s = status(&b, "t");
+    assert_eq!((s["status"].as_str(), s["rows"].as_u64()), (Some("ok"), Some(500)), "{s}");
+    let q = &rows[17];
+    assert_eq!(knn(&b, "t", q, 1, "")[0].0, 18);
+}
