@@ -344,20 +344,45 @@ fn snapshots_follow_commits_compaction_and_rollback() {
     load(&a, "t", &rows[..1000]);
     build(&a, "t").unwrap();
     // Rows committed after the snapshot: a new connection adds them from the vector file.
-    a.execute_batch("BEGIN").unwrap();
-    for (i, v) in rows.iter().enumerate().skip(1000) {
-        a.execute(
-            "INSERT INTO t(rowid, v, tag) VALUES (?1, ?2, 0)",
-            params![i as i64 + 1, f16_bytes(v)],
-        )
-        .unwrap();
-    }
-    a.execute_batch("COMMIT").unwrap();
+    let info = |c: &Connection, key: &str| -> Option<i64> {
+        c.query_row("SELECT value FROM t_info WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .ok()
+    };
+    let insert = |c: &Connection, from: usize, to: usize| {
+        c.execute_batch("BEGIN").unwrap();
+        for (i, v) in rows.iter().enumerate().take(to).skip(from) {
+            c.execute(
+                "INSERT INTO t(rowid, v, tag) VALUES (?1, ?2, 0)",
+                params![i as i64 + 1, f16_bytes(v)],
+            )
+            .unwrap();
+        }
+        c.execute_batch("COMMIT").unwrap();
+    };
+    insert(&a, 1000, 1050);
+    assert_eq!(
+        (info(&a, "index_gen"), info(&a, "index_covered")),
+        (Some(1), Some(1000))
+    );
     let b = open(&db);
     let s = status(&b, "t");
     assert_eq!(
         (s["snapshot"].as_u64(), s["covered"].as_u64()),
-        (Some(1), Some(1200)),
+        (Some(1), Some(1050)),
+        "{s}"
+    );
+    // Past a tenth of the snapshot, the commit writes the next snapshot (xSync).
+    insert(&a, 1050, 1200);
+    assert_eq!(
+        (info(&a, "index_gen"), info(&a, "index_covered")),
+        (Some(2), Some(1200))
+    );
+    let s = status(&b, "t");
+    assert_eq!(
+        (s["snapshot"].as_u64(), s["covered"].as_u64()),
+        (Some(2), Some(1200)),
         "{s}"
     );
     let q = rows[1100].clone();
@@ -378,13 +403,13 @@ fn snapshots_follow_commits_compaction_and_rollback() {
         .unwrap();
     a.execute_batch("BEGIN").unwrap();
     build(&a, "t").unwrap();
-    assert_eq!(status(&a, "t")["snapshot"], 2);
+    assert_eq!(status(&a, "t")["snapshot"], 3);
     a.execute_batch("ROLLBACK").unwrap();
-    assert_eq!(status(&a, "t")["snapshot"], 1);
+    assert_eq!(status(&a, "t")["snapshot"], 2);
     a.execute("DELETE FROM t WHERE rowid = 1", []).unwrap();
     assert_eq!(
         sidecar_names(&db),
-        vec![format!("{id}.g0.i1.ivf"), format!("{id}.g0.phx")]
+        vec![format!("{id}.g0.i2.ivf"), format!("{id}.g0.phx")]
     );
     // Savepoints: a ROLLBACK TO past a rebuild goes back to the old index, one after it keeps it.
     a.execute_batch("BEGIN; SAVEPOINT s1").unwrap();
@@ -400,9 +425,9 @@ fn snapshots_follow_commits_compaction_and_rollback() {
     a.execute_batch("ROLLBACK TO s2").unwrap();
     assert_ne!(knn(&a, "t", &q2, 1, "AND nprobe = 16")[0].0, 5000);
     assert_eq!(knn(&a, "t", &q, 1, "AND nprobe = 16")[0].0, 6);
-    assert_eq!(status(&a, "t")["snapshot"], 2);
+    assert_eq!(status(&a, "t")["snapshot"], 3);
     a.execute_batch("ROLLBACK TO s1").unwrap();
-    assert_eq!(status(&a, "t")["snapshot"], 1);
+    assert_eq!(status(&a, "t")["snapshot"], 2);
     a.execute_batch("COMMIT").unwrap();
 
     // Compaction remaps the index and writes the new generation's snapshot in the same transaction.
@@ -418,7 +443,7 @@ fn snapshots_follow_commits_compaction_and_rollback() {
     a.execute("DELETE FROM t WHERE rowid = 2", []).unwrap();
     assert_eq!(
         sidecar_names(&db),
-        vec![format!("{id}.g1.i2.ivf"), format!("{id}.g1.phx")]
+        vec![format!("{id}.g1.i3.ivf"), format!("{id}.g1.phx")]
     );
     assert_eq!(check(&a, "t"), "ok");
     // Another connection follows the compaction and still finds every row through the index.
@@ -435,7 +460,7 @@ fn snapshots_follow_commits_compaction_and_rollback() {
     drop((a, b));
     let c = open(&db);
     assert_eq!(check(&c, "t"), "ok");
-    assert_eq!(status(&c, "t")["snapshot"], 2);
+    assert_eq!(status(&c, "t")["snapshot"], 3);
 }
 
 #[test]
@@ -741,14 +766,20 @@ fn backup_copies_the_snapshot() {
     build(&c, "t").unwrap();
     let copy = dir.0.join("copy.db");
     let r: String = c
-        .query_row("SELECT phenix_backup(?1)", [copy.to_str().unwrap()], |r| r.get(0))
+        .query_row("SELECT phenix_backup(?1)", [copy.to_str().unwrap()], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(r, r#"{"rows":500,"tables":1}"#);
     drop(c);
     let b = open(&copy);
     assert_eq!(check(&b, "t"), "ok");
     let s = status(&b, "t");
-    assert_eq!((s["status"].as_str(), s["rows"].as_u64()), (Some("ok"), Some(500)), "{s}");
+    assert_eq!(
+        (s["status"].as_str(), s["rows"].as_u64()),
+        (Some("ok"), Some(500)),
+        "{s}"
+    );
     let q = &rows[17];
     assert_eq!(knn(&b, "t", q, 1, "")[0].0, 18);
 }

@@ -13,6 +13,9 @@
 //! - **rollback**: a savepoint records the index's epoch; rolling back to it truncates the index to
 //!   the restored row count, or drops it (reloaded at the next query) if it was rebuilt or remapped
 //!   since.
+//! - **automatic snapshot** ([`TableState::index_autosnapshot`], at `xSync`): once the rows past the
+//!   snapshot exceed a tenth of it, the caught-up index is written as the next snapshot in the
+//!   committing transaction.
 //! - **compaction**: the index is remapped to the new slots (codes kept) and written as the new
 //!   generation's snapshot in the same transaction.
 //!
@@ -26,6 +29,10 @@ use crate::table::registry::search_threads;
 use crate::table::shadow::{self, Info};
 use crate::table::sidecar::{db_file, memory_identity};
 use phenix_core::ivf::{IvfIndex, IvfParams};
+
+/// The fewest rows past the snapshot that make `xSync` write a new one (besides a tenth of the rows
+/// the snapshot holds).
+pub(crate) const AUTO_SNAPSHOT_ROWS: u64 = 64;
 
 /// A table's index in one connection.
 #[derive(Default)]
@@ -320,6 +327,50 @@ impl TableState {
             .map_err(|e| table_err(&self.name, e))?;
         upsert(self, INDEX_GEN, n)?;
         upsert(self, INDEX_COVERED, idx.covered())?;
+        Ok(())
+    }
+
+    /// At `xSync`: when the rows past the snapshot exceed a tenth of it (and [`AUTO_SNAPSHOT_ROWS`]),
+    /// writes the index (caught up to this transaction's rows) as the next snapshot inside the
+    /// transaction, so a new connection adds a short tail instead of every row since the last build.
+    /// Failing to write the file only skips this (the snapshot is an optimisation; the table stays
+    /// correct without it).
+    pub(super) fn index_autosnapshot(&mut self) -> rusqlite::Result<()> {
+        if self.def.index.is_none() || self.broken.is_some() {
+            return Ok(());
+        }
+        let info = Info::read(&self.conn, &self.schema, &self.name)?;
+        let (Some(n), Some(covered)) = (info.count(INDEX_GEN), info.count(INDEX_COVERED)) else {
+            return Ok(());
+        };
+        let len = self.store.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let tail = len.saturating_sub(covered);
+        if tail < AUTO_SNAPSHOT_ROWS || tail.saturating_mul(10) < covered {
+            return Ok(());
+        }
+        self.prepare_index()?;
+        let Some(l) = self.index.loaded.as_ref() else {
+            return Ok(());
+        };
+        if l.n != n || l.idx.covered() != len {
+            return Ok(());
+        }
+        let home = self.index_home()?;
+        if home
+            .write(&self.table_id, self.generation, n + 1, l.idx.to_bytes())
+            .is_err()
+        {
+            return Ok(());
+        }
+        let c = l.idx.covered();
+        upsert(self, INDEX_GEN, n + 1)?;
+        upsert(self, INDEX_COVERED, c)?;
+        if let Some(l) = self.index.loaded.as_mut() {
+            l.n = n + 1;
+        }
+        // A failed commit rolls back to the previous snapshot: the epoch tells the rollback to reload.
+        self.index.epoch += 1;
+        self.orphans_collected = false;
         Ok(())
     }
 

@@ -112,6 +112,7 @@ impl TableState {
             s.sync().map_err(Error::from)?;
             s.len()
         };
+        self.index_autosnapshot()?;
         // After a compaction the count may equal the old one and still must be written (the table
         // now names another file); otherwise an unchanged count needs no write.
         let compacted = self.compacted();
