@@ -263,9 +263,12 @@ impl TableState {
         params.threads = threads;
         let progress = rows >= PROGRESS_ROWS;
         let t0 = std::time::Instant::now();
+        let len = self.store.lock().unwrap_or_else(|e| e.into_inner()).len();
+        // Interruptible (sqlite3_interrupt) and reported to the progress callback between chunks.
+        // SAFETY: only the handle's address is used (to read its interrupt flag).
+        let op = crate::control::Op::begin(unsafe { self.conn.handle() }, "build_index", len);
         let idx = {
             let mut s = self.store.lock().unwrap_or_else(|e| e.into_inner());
-            let len = s.len();
             let view = s.view(len).map_err(|e| table_err(&name, e))?;
             if progress {
                 eprintln!(
@@ -281,13 +284,15 @@ impl TableState {
                 self.generation,
             )
             .map_err(|e| table_err(&name, e))?;
-            const STEP: u64 = 1 << 20;
+            op.check()?;
+            const STEP: u64 = 1 << 18;
             let mut a = 0;
             while a < len {
                 let b = (a + STEP).min(len);
                 idx.add_rows(&view, a..b, Some(live.bitmap()), threads)
                     .map_err(|e| table_err(&name, e))?;
-                if progress {
+                op.step(b - a)?;
+                if progress && (b.is_multiple_of(1 << 20) || b == len) {
                     eprintln!(
                         "phenix: {name}: build-index: {b} / {len} rows assigned ({:.1} s)",
                         t0.elapsed().as_secs_f64()
@@ -301,6 +306,7 @@ impl TableState {
             .count(INDEX_GEN)
             .map_or(1, |n| n + 1);
         self.write_snapshot(&idx, n)?;
+        op.finish();
         if progress {
             eprintln!(
                 "phenix: {name}: build-index: done, {} rows in {lists} lists, {:.1} s",
