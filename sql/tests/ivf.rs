@@ -783,3 +783,19 @@ fn backup_copies_the_snapshot() {
     let q = &rows[17];
     assert_eq!(knn(&b, "t", q, 1, "")[0].0, 18);
 }
+
+#[test]
+fn drop_table_removes_the_snapshot_at_the_next_write() {
+    let dir = TempDir::new("ivf-drop");
+    let db = dir.0.join("x.db");
+    let c = open(&db);
+    create(&c, "t", "ivf(lists=4)");
+    load(&c, "t", &data(50, 0, 1));
+    build(&c, "t").unwrap();
+    assert_eq!(sidecar_names(&db).len(), 2);
+    c.execute_batch("DROP TABLE t").unwrap();
+    create(&c, "u", "ivf");
+    let left = sidecar_names(&db);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(".g0.phx"));
+}
