@@ -141,6 +141,28 @@ impl Home {
         }
     }
 
+    /// Whether a later snapshot of table `id` than (`generation`, `n`) exists: a snapshot missing while
+    /// one exists was replaced by a commit this (WAL) read transaction does not see yet, not lost.
+    pub(crate) fn newer_exists(&self, id: &[u8; 16], generation: u64, n: u64) -> bool {
+        let Home::Dir(d) = self else {
+            return false;
+        };
+        let prefix = format!("{}.g", hex(id));
+        std::fs::read_dir(d).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some((g, i)) = name
+                    .strip_prefix(&prefix)
+                    .and_then(|r| r.strip_suffix(".ivf"))
+                    .and_then(|r| r.split_once(".i"))
+                else {
+                    return false;
+                };
+                matches!((g.parse::<u64>(), i.parse::<u64>()), (Ok(g), Ok(i)) if (g, i) > (generation, n))
+            })
+        })
+    }
+
     /// Writes snapshot `n` durably (file, fsync, directory fsync). A file of that name can only be the
     /// leftover of a transaction that did not commit (`<t>_info` names an older one and the caller
     /// holds the write lock), so it is replaced.

@@ -192,7 +192,11 @@ impl TableState {
                                 self.index.unavailable = None;
                             }
                             Err(why) => {
-                                if !self.index.warned.contains(&why) {
+                                // A snapshot a later commit replaced (a WAL reader behind a writer
+                                // that rebuilt or compacted): exact search for now, no alarm.
+                                let replaced =
+                                    home.newer_exists(&self.table_id, self.generation, n);
+                                if !replaced && !self.index.warned.contains(&why) {
                                     // The user is told once per connection (stderr), and by
                                     // phenix_check; results stay exact.
                                     eprintln!(
