@@ -38,6 +38,9 @@ pub enum Error {
     /// (`SQLITE_MISMATCH`).
     #[error("phenix: {0}")]
     Mismatch(String),
+    /// A bad column definition in `CREATE VIRTUAL TABLE … USING phenix(…)` (`SQLITE_ERROR`).
+    #[error("phenix: {0}")]
+    Schema(#[from] crate::table::schema::SchemaError),
     /// A vector value that cannot be decoded (`SQLITE_ERROR`).
     #[error(transparent)]
     Vector(#[from] VectorError),
@@ -99,9 +102,11 @@ impl Error {
     pub fn code(&self) -> i32 {
         use phenix_core::Error as C;
         match self {
-            Error::InvalidArgument(_) | Error::Vector(_) | Error::Io(_) | Error::Panic { .. } => {
-                ffi::SQLITE_ERROR
-            }
+            Error::InvalidArgument(_)
+            | Error::Schema(_)
+            | Error::Vector(_)
+            | Error::Io(_)
+            | Error::Panic { .. } => ffi::SQLITE_ERROR,
             Error::Mismatch(_) => ffi::SQLITE_MISMATCH,
             Error::Corrupt(_) => ffi::SQLITE_CORRUPT_VTAB,
             Error::CantOpen(_) => ffi::SQLITE_CANTOPEN,
@@ -236,6 +241,15 @@ pub fn catch_panic<T>(what: &str, f: impl FnOnce() -> rusqlite::Result<T>) -> ru
             .into())
         }
     }
+}
+
+/// A place inside a callback where the test-only `panic-test` feature can make it panic (armed as
+/// `"<callback>: <place>"`, e.g. `"xCommit: store committed"`), to check that a failure part-way
+/// through leaves consistent state. Does nothing without the feature.
+#[inline(always)]
+pub(crate) fn panic_point(_what: &str) {
+    #[cfg(feature = "panic-test")]
+    panic_test::hit(_what);
 }
 
 /// Registers scalar function `name` with its body inside [`catch_panic`] (rusqlite's own unwind catch
