@@ -4,6 +4,7 @@
 //! docs/design.md is in [`txn`], compaction in [`compact`].
 
 mod compact;
+mod index;
 mod txn;
 
 pub(crate) use txn::Failed;
@@ -76,6 +77,8 @@ pub(crate) struct TableState {
     /// failed insert): no `<t>_rows` entry names them, so a format-2 table must list them in
     /// `<t>_dead` before it commits, or readers would take them for rows. (store address, slots).
     orphans: Vec<(usize, std::ops::Range<u64>)>,
+    /// The table's IVF index in this connection (`state/index.rs`).
+    index: index::IndexState,
 }
 
 impl TableState {
@@ -207,6 +210,7 @@ impl TableState {
             keep: registry::ConnStores::default(),
             format2: false,
             orphans: Vec::new(),
+            index: index::IndexState::default(),
         }
     }
 
