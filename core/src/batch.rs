@@ -217,6 +217,7 @@ pub fn search_batch_with(
             ));
         }
         let out = lowp::search_batch(unit, view, queries, p, metric, kernels, allow);
+        crate::control::check(p.control)?;
         return Ok((
             out.hits,
             BatchStats {
@@ -284,18 +285,18 @@ fn gemm(
         dim,
     };
     let mut tops = if threads == 1 {
-        ctx.scan_tiles(0, ntiles)
+        ctx.scan_tiles(0, ntiles, p.control)
     } else {
         std::thread::scope(|sc| {
             let ctx = &ctx;
             let handles: Vec<_> = (1..threads)
                 .map(|t| {
                     let (a, b) = part(ntiles, threads, t);
-                    sc.spawn(move || ctx.scan_tiles(a, b))
+                    sc.spawn(move || ctx.scan_tiles(a, b, p.control))
                 })
                 .collect();
             let (a, b) = part(ntiles, threads, 0);
-            let mut first = ctx.scan_tiles(a, b);
+            let mut first = ctx.scan_tiles(a, b, p.control);
             for h in handles {
                 let other = h.join().expect("batch thread panicked");
                 for (mine, theirs) in first.iter_mut().zip(other) {
@@ -306,6 +307,7 @@ fn gemm(
         })
     };
 
+    crate::control::check(p.control)?;
     // Re-score the winners with the one-query kernels so distances match `topk::search` exactly.
     Ok(tops
         .drain(..)
@@ -349,7 +351,13 @@ struct Ctx<'a, 'v> {
 }
 
 impl Ctx<'_, '_> {
-    fn scan_tiles(&self, first: usize, end: usize) -> Vec<TopK> {
+    /// Scans tiles `[first, end)`, stopping early when `control` says so (the caller then checks it).
+    fn scan_tiles(
+        &self,
+        first: usize,
+        end: usize,
+        control: Option<&crate::control::Control>,
+    ) -> Vec<TopK> {
         let (dim, nq) = (self.dim, self.nq);
         let rows = self.view.rows();
         let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(self.k, rows)).collect();
@@ -377,6 +385,9 @@ impl Ctx<'_, '_> {
                 *o = self.allow.is_none_or(|a| a.contains(s))
                     && !self.deleted.is_some_and(|d| d.contains(s));
                 any |= *o;
+            }
+            if !crate::control::step(control, t as u64) {
+                break;
             }
             if !any {
                 continue;

@@ -405,6 +405,8 @@ struct Ctx<'a, 'v> {
     alpha: &'a [f32],
     beta: &'a [f32],
     theta0: &'a [f32],
+    /// Polled after each block (the caller returns `Cancelled` once it stopped).
+    control: Option<&'a crate::control::Control>,
 }
 
 /// One thread's running state.
@@ -475,6 +477,7 @@ pub(crate) fn search_batch(
         alpha: &alpha,
         beta: &beta,
         theta0: &theta0,
+        control: p.control,
     };
     let next = AtomicUsize::new(0);
     let states: Vec<ThreadState> = if threads == 1 {
@@ -519,6 +522,10 @@ impl Ctx<'_, '_> {
                     break;
                 }
                 self.block(b, &mut buf, &mut st);
+                let rows = RB.min(self.view.rows() - b * RB);
+                if !crate::control::step(self.control, rows as u64) {
+                    break;
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -750,7 +757,8 @@ impl Ctx<'_, '_> {
                 };
                 sp.kernels = Some(self.kernels);
                 sp.metric = Some(self.metric);
-                hits.push(search(self.view, q, &sp).expect("validated query"));
+                // Validated queries fail only when stopped (the caller then returns `Cancelled`).
+                hits.push(search(self.view, q, &sp).unwrap_or_default());
                 continue;
             }
             hits.push(top.map_or_else(Vec::new, TopK::into_sorted));

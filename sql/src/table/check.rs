@@ -152,11 +152,13 @@ fn check_committed(
                 ));
                 return Ok(p);
             };
-            let Ok(st) = s.try_lock() else {
+            let Ok(mut st) = s.try_lock() else {
                 p.push(format!("{table}: its in-memory vectors are in use"));
                 return Ok(p);
             };
-            if let Err(e) = st.usable() {
+            // Another connection of a shared cache may have committed since this one last read:
+            // check the state as committed now, not this connection's cached count.
+            if let Err(e) = st.usable().and_then(|()| st.refresh_for_read()) {
                 p.push(e.to_string());
                 return Ok(p);
             }

@@ -222,9 +222,14 @@ impl PhenixCursor {
             threads: search_threads(),
         };
         let ranked = {
+            // SAFETY: only the handle's address is used (to read its interrupt flag).
+            let op = crate::control::Op::begin(unsafe { st.conn().handle() }, "knn", n);
             let mut store = st.store();
             let view = store.view(n).map_err(|e| table_err(st.name(), e))?;
-            rank::rank(&view, &req, |s| live.rowid(s)).map_err(|e| table_err(st.name(), e))?
+            let r =
+                rank::rank(&view, &req, |s| live.rowid(s)).map_err(|e| table_err(st.name(), e))?;
+            op.finish();
+            r
         };
         Ok(ranked
             .into_iter()

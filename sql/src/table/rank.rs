@@ -48,9 +48,13 @@ pub(crate) fn rank(
         Some((b, true)) => d <= b,
         Some((b, false)) => d < b,
     };
+    // The operation running on this thread (a KNN statement, phenix_retrieve_all) stops the scan
+    // when interrupted.
+    let control = crate::control::current();
     let mut p = SearchParams::new(req.k.saturating_add(1));
     p.candidates = req.candidates;
     p.threads = req.threads;
+    p.control = control.as_deref();
     p.max_distance = coarse;
     let hits = search(view, &q, &p)?;
     if hits.iter().any(|h| !h.distance.is_finite()) {

@@ -153,7 +153,7 @@ fn retrieve_all(
     if let Some(src) = QuerySource::parse(queries) {
         let dim = lock_state(&tt).def().layout.dim();
         let (qrowids, qvecs) = src.read(conn, dim)?;
-        return search_all(f, &tt, target, queries, &qrowids, &qvecs, dim, k);
+        return search_all(conn, f, &tt, target, queries, &qrowids, &qvecs, dim, k);
     }
     let qt = table_state(conn, f, queries)?;
     // Read the queries (and release that table before locking the target, which may be the same one).
@@ -180,7 +180,7 @@ fn retrieve_all(
             dim,
         )
     };
-    search_all(f, &tt, target, queries, &qrowids, &qvecs, qdim, k)
+    search_all(conn, f, &tt, target, queries, &qrowids, &qvecs, qdim, k)
 }
 
 /// Queries read from an ordinary table or view: `name(vector)` or `name(id, vector)`.
@@ -289,8 +289,12 @@ impl QuerySource {
 }
 
 /// Top-k of every query vector in the target table.
+///
+/// Progress (`retrieve_all`) counts the target's rows during the batched scan, then one unit per query
+/// ranked; an interrupt stops the scan at its next block of rows and the ranking at its next query.
 #[allow(clippy::too_many_arguments)]
 fn search_all(
+    conn: &Connection,
     f: &str,
     tt: &SharedState,
     target: &str,
@@ -317,11 +321,15 @@ fn search_all(
     let view = store
         .view(n)
         .map_err(|e| Error::store(format!("{f}: "), e))?;
+    // SAFETY: only the handle's address is used (to read its interrupt flag).
+    let db = unsafe { conn.handle() };
+    let op = crate::control::Op::begin(db, "retrieve_all", n + qrowids.len() as u64);
     let hits = {
         // One row more than asked, to see whether the k-th distance is (nearly) shared.
         let mut p = SearchParams::new(k.saturating_add(1));
         p.candidates = Candidates::Bitmap(live.bitmap());
         p.threads = threads;
+        p.control = Some(op.control());
         // Each query scaled as MATCH scales it (cosine: by its largest magnitude), so the batch
         // scores the same vectors MATCH and the exact re-rank below do.
         let metric = view.layout().metric();
@@ -353,6 +361,8 @@ fn search_all(
                 bound: None,
                 threads,
             };
+            // Interruptible; its rows are not counted (this operation counts queries now).
+            let _scan = crate::control::Op::silent(db);
             rank::rank(&view, &req, |s| live.rowid(s))
                 .map_err(|e| Error::store(format!("{f}: "), e))?
                 .into_iter()
@@ -370,6 +380,8 @@ fn search_all(
         for (rank, (rowid, d)) in rows.into_iter().enumerate() {
             out.push((qrowids[qi], rowid, rank as i64 + 1, d));
         }
+        op.step(1)?;
     }
+    op.finish();
     Ok(out)
 }
