@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(Image.csv + per-object CSVs), aggregated per well by the median")
     p.add_argument("--append", action="store_true", help="add to an existing table with the same features")
     p.add_argument("--model", type=Path, help="refuse files whose features differ from this bundle's")
-    p.add_argument("--chunk-size", type=int, default=10000, help="rows per chunk (default 10000)")
+    p.add_argument("--chunk-size", type=int, default=5000, help="rows per chunk; memory grows with it (default 5000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     from .training.recipe_config import TrainConfig

@@ -11,7 +11,7 @@ Input layouts:
   per well with the median (pycytominer ``aggregate``'s default), features prefixed with the
   compartment (``Cells_AreaShape_Area``); location, parent/child and object-number columns are dropped.
 
-The wide file is streamed in chunks (``--chunk-size`` rows): peak memory is one chunk, not the file.
+The wide file is streamed in chunks (``--chunk-size`` rows): peak memory is a few chunks, not the file.
 The target table is created and filled in one transaction: on any error nothing is left behind.
 """
 
@@ -331,7 +331,7 @@ def cellprofiler_wells(directory: Path, plate_col: str = "Metadata_Plate", well_
 
 
 def import_profiles(conn: sqlite3.Connection, table: str, sources: list[Path], include: str = DEFAULT_FEATURES,
-                    exclude: str = "", chunk: int = 10000, append: bool = False, model_features=None,
+                    exclude: str = "", chunk: int = 5000, append: bool = False, model_features=None,
                     cellprofiler: bool = False, progress: bool = True) -> dict:
     """Writes the wells of ``sources`` into ``table``; returns counts and timings.
 
