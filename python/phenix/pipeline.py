@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -275,15 +276,17 @@ def _text_library(p: Path, library: str, smiles_col: str, id_col: Optional[str],
                                                                             if close else ""))
         si = header.index(smiles_col)
         ii = header.index(id_col) if id_col and id_col in header else None
-
-        def rows():
-            for rec in r:
-                if not rec:
-                    continue  # a blank line
-                s = rec[si].strip() if si < len(rec) else ""
-                i = rec[ii] if ii is not None and ii < len(rec) and rec[ii] != "" else None
-                yield i, s
-        yield from _batched(rows(), chunk)
+        # a batch at a time in list comprehensions: a generator per row cost 9 µs a molecule
+        while True:
+            recs = [rec for rec in itertools.islice(r, chunk) if rec]  # blank lines skipped
+            if not recs:
+                return
+            smis = [rec[si].strip() if si < len(rec) else "" for rec in recs]
+            if ii is None:
+                ids = [None] * len(recs)
+            else:
+                ids = [(rec[ii] or None) if ii < len(rec) else None for rec in recs]
+            yield ids, smis
 
 
 def _parquet_library(p: Path, library: str, smiles_col: str, id_col: Optional[str], chunk: int):
