@@ -2,6 +2,7 @@
 
     .venv/bin/python benches/python/cli_bench.py import --rows 100000 --features 500
     .venv/bin/python benches/python/cli_bench.py screen --molecules 17480 --repeat 3
+    .venv/bin/python benches/python/cli_bench.py commit
 
 import: writes a pycytominer-style CSV (rows x features float32 + 7 Metadata_ columns), then, each in a
 fresh process with its peak RSS (ru_maxrss): `phenix import` (chunks of 10,000 rows) vs the obvious
@@ -192,12 +193,14 @@ def bench_screen(a) -> None:
         for rep in range(a.repeat):
             for path in a.paths:
                 db = Path(td) / f"{path}.db"
-                if path == "screen":
+                if path.startswith("screen"):
+                    commit = 0.0 if path == "screen-commit-each" else 3.0
                     r = child(f"""
 import time
 from phenix.pipeline import run_screen
 t, c0 = time.time(), time.process_time()
-r = run_screen({str(db)!r}, 'default', {str(lib)!r}, [1.0], batch={a.batch_size}, progress=False, log=lambda m: None)
+r = run_screen({str(db)!r}, 'default', {str(lib)!r}, [1.0], batch={a.batch_size}, progress=False, log=lambda m: None,
+               commit_seconds={commit})
 RESULT = dict(seconds=time.time() - t, cpu_timed=time.process_time() - c0, n=r['candidates'])
 """)
                 else:
@@ -222,18 +225,56 @@ RESULT = dict(seconds=time.time() - t, cpu_timed=time.process_time() - c0,
                 print(f"run {rep + 1} {path}: {r['n'] / r['seconds']:,.0f} molecules/s, cpu {r['cpu_timed']:.2f}s",
                       file=sys.stderr)
     label = {"screen": f"`phenix screen` --batch-size {a.batch_size:,} (CSV library)",
+             "screen-commit-each": f"`phenix screen` --batch-size {a.batch_size:,} --commit-seconds 0",
              "sql": "one INSERT … SELECT FROM phenix_embed_molecules"}
     print("| run | path | candidates | seconds | molecules/s | CPU s (timed part) | CPU s (process) |\n"
           "|---|---|---|---|---|---|---|")
     for path, rep, r in results:
         print(f"| {rep + 1} | {label[path]} | {r['n']:,} | {r['seconds']:.1f} | {r['n'] / r['seconds']:,.0f} | "
               f"{r['cpu_timed']:.2f} | {r['cpu']:.2f} |")
-    if set(a.paths) == {"screen", "sql"}:
-        by = {(p, k): r for p, k, r in results}
-        ratios = [by["sql", k]["seconds"] / by["screen", k]["seconds"] for k in range(a.repeat)]
-        cpu = [by["sql", k]["cpu_timed"] / by["screen", k]["cpu_timed"] for k in range(a.repeat)]
-        print(f"screen/SQL throughput per run: {', '.join(f'{x:.2f}x' for x in ratios)}; "
-              f"SQL/screen CPU per run: {', '.join(f'{x:.2f}x' for x in cpu)}")
+    by = {(p, k): r for p, k, r in results}
+    for path in a.paths:
+        if path == "sql" or "sql" not in a.paths:
+            continue
+        ratios = [by["sql", k]["seconds"] / by[path, k]["seconds"] for k in range(a.repeat)]
+        cpu = [by["sql", k]["cpu_timed"] / by[path, k]["cpu_timed"] for k in range(a.repeat)]
+        print(f"{path}/SQL throughput per run: {', '.join(f'{x:.2f}x' for x in ratios)}; "
+              f"SQL/{path} CPU per run: {', '.join(f'{x:.2f}x' for x in cpu)}")
+
+
+def bench_commit(a) -> None:
+    """What one transaction of `phenix screen` costs besides embedding: `executemany` of --batch-size
+    random float16[256] rows into a phenix table (and into an ordinary table), then `COMMIT`."""
+    import numpy as np
+
+    import phenix
+
+    with tempfile.TemporaryDirectory(prefix="phenix-bench-", dir=a.tmp) as td:
+        c = phenix.connect(str(Path(td) / "c.db"))
+        c.isolation_level = None
+        c.execute("CREATE VIRTUAL TABLE v USING phenix(embedding float16[256] distance=cosine, compound TEXT, "
+                  "concentration REAL, +smiles TEXT)")
+        c.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, e BLOB, compound TEXT, concentration REAL, smiles TEXT)")
+        rng = np.random.default_rng(0)
+        print("| table | insert ms per batch | COMMIT ms per batch |\n|---|---|---|")
+        for tab in ("v", "p") * a.repeat:
+            ins, com = [], []
+            for _ in range(5):
+                rows = [(None, rng.standard_normal(256).astype(np.float16).tobytes(), f"c{i}", 1.0, "CCO" * 10)
+                        for i in range(a.batch_size)]
+                c.execute("BEGIN IMMEDIATE")
+                t = time.perf_counter()
+                if tab == "v":
+                    c.executemany("INSERT INTO v(rowid, embedding, compound, concentration, smiles) "
+                                  "VALUES (?, ?, ?, ?, ?)", rows)
+                else:
+                    c.executemany("INSERT INTO p VALUES (?, ?, ?, ?, ?)", rows)
+                t1 = time.perf_counter()
+                c.execute("COMMIT")
+                ins.append(t1 - t)
+                com.append(time.perf_counter() - t1)
+            print(f"| {'phenix' if tab == 'v' else 'ordinary'} | {' '.join(f'{x * 1000:.0f}' for x in ins)} | "
+                  f"{' '.join(f'{x * 1000:.0f}' for x in com)} |")
 
 
 def main():
@@ -252,11 +293,15 @@ def main():
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--repeat-library", type=int, default=1, help="repeat the library (amortises fixed costs)")
     p.add_argument("--repeat", type=int, default=3, help="alternating runs of each path")
-    p.add_argument("--paths", nargs="+", default=["screen", "sql"], choices=["screen", "sql"])
+    p.add_argument("--paths", nargs="+", default=["screen", "sql"], choices=["screen", "screen-commit-each", "sql"])
+    p.add_argument("--tmp", default=None, help="directory for the temporary files")
+    p = sub.add_parser("commit")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--tmp", default=None, help="directory for the temporary files")
     a = ap.parse_args()
     os.environ.setdefault("ORT_DYLIB_PATH", str(ROOT / ".ort" / "libonnxruntime.so"))
-    (bench_import if a.what == "import" else bench_screen)(a)
+    {"import": bench_import, "screen": bench_screen, "commit": bench_commit}[a.what](a)
 
 
 if __name__ == "__main__":
