@@ -145,26 +145,27 @@ class _FileChunks:
         per_row = max(len(sample) // n_lines, 1) if n_lines else max(len(sample), 1)
         block = max(per_row * self.chunk + per_row * self.chunk // 8, _MIN_PIECE)
         carry = sample
-        h = len(header)
 
         chunk = self.chunk
 
         def pieces():
-            """Bytes of the header + `chunk` lines each (fewer at the end), and the file position after
-            them. One buffer is reused; each piece is one copy of it joined to the header, so reading
-            costs about one memcpy of the file besides the read itself."""
-            buf = bytearray(max(block, len(carry)))
-            n = len(carry)
-            buf[:n] = carry
-            eof = False
-            scan = lines = 0  # line ends found in buf[:scan]
+            """`chunk` lines each (fewer at the end) in a buffer of their own, read into directly,
+            and the file position after them; the partial line after them starts the next buffer."""
+            nonlocal carry
             while True:
-                while lines < chunk:
-                    j = buf.find(b"\n", scan, n)
-                    if j < 0:
+                buf = bytearray(max(block, len(carry) + _MIN_PIECE))
+                n = len(carry)
+                buf[:n] = carry
+                eof = False
+                scan = lines = 0  # line ends found in buf[:scan]
+                while True:
+                    while lines < chunk:
+                        j = buf.find(b"\n", scan, n)
+                        if j < 0:
+                            break
+                        scan, lines = j + 1, lines + 1
+                    if lines >= chunk or eof:
                         break
-                    scan, lines = j + 1, lines + 1
-                if lines < chunk and not eof:
                     if n == len(buf):  # `chunk` lines are longer than the buffer
                         buf.extend(bytes(len(buf)))
                     view = memoryview(buf)
@@ -172,25 +173,20 @@ class _FileChunks:
                     view.release()
                     eof = not got
                     n += got or 0
-                    continue
                 cut = scan if lines >= chunk else n
-                if cut == 0:
+                carry = bytes(buf[cut:n])
+                del buf[cut:]
+                if _NONBLANK.search(buf):
+                    yield buf, raw.tell()
+                if eof and not carry:
                     return
-                view = memoryview(buf)
-                piece = b"".join((header, view[:cut]))
-                view.release()
-                buf[:n - cut] = buf[cut:n]
-                n -= cut
-                scan = lines = 0
-                if _NONBLANK.search(piece, h):
-                    yield piece, raw.tell()
 
         def parse(piece):
             """(DataFrame or the error, the piece): a piece cut inside a quoted field that spans lines
             ends in an open quote, which the consumer joins with the next piece."""
             text, pos = piece
             try:
-                df = pd.read_csv(io.BytesIO(text), sep=self.sep, low_memory=False)
+                df = pd.read_csv(_Pieces(header, text), sep=self.sep, low_memory=False)
             except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
                 return e, piece
             df.attrs["phenix_position"] = pos
@@ -203,7 +199,7 @@ class _FileChunks:
         any_rows = False
         for res, (text, pos) in _ordered_map(parse, pieces(), self.workers):
             if joined is not None:
-                text = joined + text[h:]
+                text = joined + text
                 res, _ = parse((text, pos))
                 joined = None
             if isinstance(res, BaseException):
@@ -219,10 +215,34 @@ class _FileChunks:
                 raise fail(res) from res
             yield res
         elif not any_rows:  # a header and no rows: still checks the columns
-            res, _ = parse((header, raw.tell()))
+            res, _ = parse((b"", raw.tell()))
             if isinstance(res, BaseException):
                 raise fail(res) from res
             yield res
+
+
+class _Pieces(io.RawIOBase):
+    """The header line, then one piece of the file, as a binary file: pandas reads it in blocks of
+    256 KiB, so the piece is not copied whole to put the header in front of it."""
+
+    def __init__(self, *parts):
+        super().__init__()
+        self._parts = [memoryview(p) for p in parts]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._parts:
+            p = self._parts[0]
+            if not len(p):
+                self._parts.pop(0).release()
+                continue
+            k = min(len(b), len(p))
+            b[:k] = p[:k]
+            self._parts[0] = p[k:]
+            return k
+        return 0
 
 
 def _ordered_map(fn, items: Iterable, workers: int) -> Iterator:
