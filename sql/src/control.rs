@@ -1,7 +1,7 @@
-//! Cancellation and progress of long phenix work: KNN scans, `phenix_retrieve_all`,
+//! Cancellation and progress of long phenix work: KNN scans, `phenix_retrieve_all`, `'build-index'`,
 //! `phenix_embed_molecules`, compaction (`'optimize'`) and `phenix_backup`.
 //!
-//! Each long operation runs under an [`Op`]: a [`phenix_core::control::Control`] whose hook, polled
+//! Each long operation runs under an `Op`: a [`phenix_core::control::Control`] whose hook, polled
 //! once per chunk of rows by every worker thread,
 //!
 //! - reads SQLite's interrupt flag of the statement's connection (`sqlite3_is_interrupted`, SQLite
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 pub struct Progress<'a> {
     /// The connection running the statement (rusqlite: `Connection::handle()`).
     pub db: *mut ffi::sqlite3,
-    /// The operation: `knn`, `retrieve_all`, `embed_molecules`, `optimize` or `backup`.
+    /// The operation: `knn`, `retrieve_all`, `embed_molecules`, `optimize`, `backup` or `build_index`.
     pub op: &'a str,
     /// Work units done, never more than `total`, never decreasing within one operation.
     pub done: u64,

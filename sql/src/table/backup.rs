@@ -8,7 +8,8 @@
 //! 1. reads every phenix table's table id, generation and committed count from its `<t>_info`, and opens
 //!    its vector file;
 //! 2. copies the header and the first `committed` rows of each file into `<dest>-phenix/` and syncs them
-//!    (rows below the committed count are never rewritten, so the copy is the committed state);
+//!    (rows below the committed count are never rewritten, so the copy is the committed state), and the
+//!    IVF index snapshot `<t>_info` names, if any (snapshots are immutable);
 //! 3. copies the database pages with SQLite's online-backup API, inside the same read transaction.
 //!
 //! The result is the last committed state: a write transaction still open on the calling connection is
@@ -134,7 +135,14 @@ fn copy_all(
             }
             e => e.with_context(&format!("{F}: phenix table {t}: ")),
         })?;
-        files.push((t.clone(), id_bytes, generation, committed, store));
+        // The IVF index snapshot, if the table has one (opened now, like the vector file; one that
+        // cannot be opened is left out, and the copy reports it as the source does).
+        let snapshot = info.count(super::index::INDEX_GEN).and_then(|n| {
+            let name = super::index::snapshot_name(&id_bytes, generation, n);
+            let f = std::fs::File::open(sidecar::sidecar_dir(src).join(&name)).ok()?;
+            Some((name, f))
+        });
+        files.push((t.clone(), id_bytes, generation, committed, store, snapshot));
     }
     let pages: i64 = s.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let total = files.iter().map(|f| f.3).sum::<u64>() + pages.max(0) as u64;
@@ -145,7 +153,19 @@ fn copy_all(
         std::fs::create_dir(&dir)
             .map_err(|e| Error::Io(format!("{F}: cannot create {}: {e}", dir.display())))?;
         checked_sidecar_dir(dest)?;
-        for (t, id, generation, committed, mut store) in files {
+        for (t, id, generation, committed, mut store, snapshot) in files {
+            if let Some((name, mut f)) = snapshot {
+                let to = dir.join(&name);
+                let io = |e: std::io::Error| {
+                    Error::Io(format!(
+                        "{F}: phenix table {t}: cannot copy the index snapshot to {}: {e}",
+                        to.display()
+                    ))
+                };
+                let mut out = std::fs::File::create_new(&to).map_err(io)?;
+                std::io::copy(&mut f, &mut out).map_err(io)?;
+                out.sync_data().map_err(io)?;
+            }
             let path = sidecar::sidecar_path(dest, &id, generation);
             let mut out = VectorStore::create_with_header(&path, *store.header())
                 .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;

@@ -29,6 +29,7 @@ pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod cursor;
 pub(crate) mod drops;
+pub(crate) mod index;
 pub(crate) mod live;
 pub(crate) mod names;
 pub(crate) mod plan;
@@ -193,5 +194,6 @@ pub(crate) fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.create_module("phenix", module, Some(stores))?;
     check::register(conn)?;
     backup::register(conn)?;
+    index::register(conn)?;
     retrieve::register(conn)
 }

@@ -86,6 +86,31 @@ pub(crate) fn rank(
     Ok(out)
 }
 
+/// The hits of an IVF search for the `k` nearest (`p.k` is set here), among which the SQL ranking
+/// by (distance, rowid) picks `k`: the index ranks equal distances by slot, so it is asked for one row
+/// more than `k`, and while that row ties the k-th, for twice as many, so every row the index finds at
+/// the k-th distance competes. The query is scaled as [`rank`] scales it, so distances are bit-equal
+/// to exact search's.
+pub(crate) fn ivf_search(
+    view: &RowsView<'_>,
+    idx: &phenix_core::ivf::IvfIndex,
+    query: &[f32],
+    metric: Metric,
+    k: usize,
+    mut p: phenix_core::ivf::IvfSearch<'_>,
+) -> phenix_core::Result<Vec<phenix_core::topk::Hit>> {
+    let q = scaled_query(query, metric);
+    p.k = k.saturating_add(1);
+    loop {
+        let hits = idx.search(view, &q, &p)?;
+        let tied = hits.len() == p.k && hits[k].distance == hits[k - 1].distance;
+        if !tied || p.k >= view.rows() {
+            return Ok(hits);
+        }
+        p.k = p.k.saturating_mul(2);
+    }
+}
+
 /// The query a search uses: for cosine, scaled so its largest magnitude is 1 (the cosine is the same,
 /// and the float32 norm of a tiny or huge query neither underflows nor overflows).
 pub(crate) fn scaled_query(q: &[f32], metric: Metric) -> Vec<f32> {

@@ -5,7 +5,8 @@
 //!   embedding float16[256] distance=cosine,  -- exactly one vector column: float16[N] | float32[N] | float[N]
 //!   smiles TEXT,                             -- metadata: stored in SQLite, pre-filtered in KNN
 //!   concentration REAL,
-//!   +note TEXT                               -- auxiliary: stored and returned, not pre-filtered
+//!   +note TEXT,                              -- auxiliary: stored and returned, not pre-filtered
+//!   index=ivf(lists=1024, codes=sq8)         -- optional: an IVF index (see `super::index`)
 //! )
 //! ```
 
@@ -147,6 +148,24 @@ pub enum SchemaError {
         /// The table.
         table: String,
     },
+    /// A bad `index=` declaration (an unknown kind or option, a value out of range, a second index).
+    #[error("phenix table {table}: `{arg}`: {reason}")]
+    BadIndex {
+        /// The table.
+        table: String,
+        /// The declaration.
+        arg: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// A column named `nprobe` or `exact` in a table with an index (its hidden columns).
+    #[error("phenix table {table}: column name `{name}` is reserved in a table with an index (nprobe and exact are its hidden columns)")]
+    ReservedIndexColumn {
+        /// The table.
+        table: String,
+        /// The name found.
+        name: String,
+    },
 }
 
 /// What a column definition looks like, for messages.
@@ -173,12 +192,18 @@ pub struct TableDef {
     pub layout: Layout,
     /// Metadata columns first, then auxiliary ones, in declaration order within each group.
     pub columns: Vec<Column>,
+    /// The declared IVF index (`index=ivf(...)`), if any. Not part of [`TableDef::canonical`]: the
+    /// declaration lives in the schema's `CREATE VIRTUAL TABLE` statement, which cannot change.
+    pub index: Option<super::index::IndexDecl>,
 }
 
 const TYPES: &[&str] = &[
     "TEXT", "INTEGER", "INT", "REAL", "FLOAT", "DOUBLE", "BLOB", "NUMERIC",
 ];
 const RESERVED: &[&str] = &["distance", "k", "rowid", "oid", "_rowid_", "rank"];
+/// The hidden columns of a table with an index (reserved only there, so that tables without an index
+/// keep columns of these names).
+const INDEX_RESERVED: &[&str] = &["nprobe", "exact"];
 
 fn is_ident(s: &str) -> bool {
     let mut ch = s.chars();
@@ -192,6 +217,7 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, SchemaError> {
     let mut meta = Vec::new();
     let mut aux = Vec::new();
     let mut seen: Vec<String> = Vec::new();
+    let mut index: Option<super::index::IndexDecl> = None;
     let t = || table.to_string();
     if RESERVED.contains(&table.to_ascii_lowercase().as_str()) {
         return Err(SchemaError::ReservedTableName { table: t() });
@@ -200,6 +226,25 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, SchemaError> {
         let arg = raw.trim();
         if arg.is_empty() {
             continue;
+        }
+        if let Some((k, v)) = arg.split_once('=') {
+            if k.trim().eq_ignore_ascii_case("index") {
+                if index.is_some() {
+                    return Err(SchemaError::BadIndex {
+                        table: t(),
+                        arg: arg.to_string(),
+                        reason: "the index is declared twice; declare one index=ivf(...)".into(),
+                    });
+                }
+                index = Some(super::index::IndexDecl::parse(v.trim()).map_err(|reason| {
+                    SchemaError::BadIndex {
+                        table: t(),
+                        arg: arg.to_string(),
+                        reason,
+                    }
+                })?);
+                continue;
+            }
         }
         let toks: Vec<&str> = arg.split_whitespace().collect();
         let (name, is_aux) = match toks[0].strip_prefix('+') {
@@ -217,6 +262,12 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, SchemaError> {
         let lname = name.to_ascii_lowercase();
         if RESERVED.contains(&lname.as_str()) || lname == table.to_ascii_lowercase() {
             return Err(SchemaError::ReservedColumnName {
+                table: t(),
+                name: name.to_string(),
+            });
+        }
+        if index.is_some() && INDEX_RESERVED.contains(&lname.as_str()) {
+            return Err(SchemaError::ReservedIndexColumn {
                 table: t(),
                 name: name.to_string(),
             });
@@ -307,10 +358,23 @@ pub fn parse(table: &str, args: &[&str]) -> Result<TableDef, SchemaError> {
     }
     let (vname, layout) = vector.ok_or_else(|| SchemaError::NoVector { table: t() })?;
     meta.extend(aux);
+    if index.is_some() {
+        // A column declared before the index is checked here.
+        if let Some(c) = meta
+            .iter()
+            .find(|c| INDEX_RESERVED.contains(&c.name.to_ascii_lowercase().as_str()))
+        {
+            return Err(SchemaError::ReservedIndexColumn {
+                table: t(),
+                name: c.name.clone(),
+            });
+        }
+    }
     Ok(TableDef {
         vector: vname,
         layout,
         columns: meta,
+        index,
     })
 }
 
@@ -335,7 +399,8 @@ fn parse_vector_type(ty: &str) -> Option<(ElemType, Option<usize>)> {
 }
 
 impl TableDef {
-    /// The `CREATE TABLE` statement declared to SQLite (hidden columns `distance` and `k` last).
+    /// The `CREATE TABLE` statement declared to SQLite (hidden columns `distance` and `k` last, then
+    /// `nprobe` and `exact` in a table with an index).
     ///
     /// The last hidden column carries the table's own name: `INSERT INTO t(t) VALUES ('optimize')` runs a
     /// command (FTS5's convention).
@@ -344,10 +409,11 @@ impl TableDef {
         for c in &self.columns {
             s.push_str(&format!(", \"{}\" {}", c.name, c.decl_type));
         }
-        s.push_str(&format!(
-            ", distance HIDDEN, k HIDDEN, \"{}\" HIDDEN)",
-            table.replace('"', "\"\"")
-        ));
+        s.push_str(", distance HIDDEN, k HIDDEN");
+        if self.index.is_some() {
+            s.push_str(", nprobe HIDDEN, exact HIDDEN");
+        }
+        s.push_str(&format!(", \"{}\" HIDDEN)", table.replace('"', "\"\"")));
         s
     }
     /// Index of the vector column in the declared table.
@@ -376,9 +442,17 @@ impl TableDef {
     pub fn k_col(&self) -> i32 {
         2 + self.columns.len() as i32
     }
+    /// Index of the hidden `nprobe` column (a table with an index only).
+    pub fn nprobe_col(&self) -> Option<i32> {
+        self.index.is_some().then(|| 3 + self.columns.len() as i32)
+    }
+    /// Index of the hidden `exact` column (a table with an index only).
+    pub fn exact_col(&self) -> Option<i32> {
+        self.index.is_some().then(|| 4 + self.columns.len() as i32)
+    }
     /// Index of the hidden command column (named after the table).
     pub fn command_col(&self) -> i32 {
-        3 + self.columns.len() as i32
+        3 + self.columns.len() as i32 + if self.index.is_some() { 2 } else { 0 }
     }
     /// A canonical text form of the definition, stored in the info shadow table and compared on connect.
     pub fn canonical(&self) -> String {

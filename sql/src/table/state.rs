@@ -4,6 +4,7 @@
 //! docs/design.md is in [`txn`], compaction in [`compact`].
 
 mod compact;
+mod index;
 mod txn;
 
 pub(crate) use txn::Failed;
@@ -69,6 +70,8 @@ pub(crate) struct TableState {
     mem: Option<registry::MemKey>,
     /// This connection's in-memory stores (the module's client data).
     keep: registry::ConnStores,
+    /// The table's IVF index in this connection (`state/index.rs`).
+    index: index::IndexState,
 }
 
 impl TableState {
@@ -192,6 +195,7 @@ impl TableState {
             broken: None,
             mem: None,
             keep: registry::ConnStores::default(),
+            index: index::IndexState::default(),
         }
     }
 

@@ -28,6 +28,8 @@ impl TableState {
         /// Rows are copied in chunks of about this many bytes.
         const COPY_BYTES: usize = 4 << 20;
         self.begin_write()?;
+        // The index (if any) holds every row before it is remapped to the new slots.
+        self.prepare_index()?;
         let slots: Vec<i64> = {
             let mut st = self.conn.prepare(&format!(
                 "SELECT slot FROM {} ORDER BY slot",
@@ -75,7 +77,10 @@ impl TableState {
             }
             None => VectorStore::in_memory(layout),
         };
-        if let Err(e) = self.fill_compacted(&mut new, &slots, generation, COPY_BYTES, &op) {
+        if let Err(e) = self
+            .fill_compacted(&mut new, &slots, generation, COPY_BYTES, &op)
+            .and_then(|()| self.index_compacted(&slots, generation))
+        {
             if let Some(p) = new.path().map(Path::to_path_buf) {
                 drop(new);
                 let _ = std::fs::remove_file(p);

@@ -23,6 +23,9 @@ pub(crate) struct Snapshot {
     len: u64,
     generation: u64,
     committed: u64,
+    /// The IVF index's epoch (`state/index.rs`): a rollback truncates the index, or drops it if it
+    /// was rebuilt or remapped since.
+    index_epoch: u64,
 }
 
 impl TableState {
@@ -32,6 +35,7 @@ impl TableState {
             len: self.store().len(),
             generation: self.generation,
             committed: self.committed,
+            index_epoch: self.index_epoch(),
         }
     }
 
@@ -58,6 +62,7 @@ impl TableState {
         self.generation = snap.generation;
         self.committed = snap.committed;
         self.live = None;
+        self.index_restore(snap.len, snap.index_epoch);
     }
 
     /// Whether this transaction replaced the vector store (a compaction not rolled back).
@@ -113,6 +118,7 @@ impl TableState {
             s.sync().map_err(Error::from)?;
             s.len()
         };
+        self.index_autosnapshot()?;
         // After a compaction the count may equal the old one and still must be written (the table
         // now names another file); otherwise an unchanged count needs no write.
         let compacted = self.compacted();
