@@ -1,16 +1,20 @@
 """Side-by-side figures for the phenix command line (docs/benchmarks.md, "The phenix package").
 
-    .venv/bin/python benches/python/cli_bench.py import --rows 100000 --features 500
-    .venv/bin/python benches/python/cli_bench.py screen --molecules 17480 --repeat 3
+    .venv/bin/python benches/python/cli_bench.py import --rows 100000 --features 500 --repeat 3
+    .venv/bin/python benches/python/cli_bench.py screen --molecules 17480 --repeat 5
     .venv/bin/python benches/python/cli_bench.py commit
 
-import: writes a pycytominer-style CSV (rows x features float32 + 7 Metadata_ columns), then, each in a
-fresh process with its peak RSS (ru_maxrss): `phenix import` (chunks of 10,000 rows) vs the obvious
+import: writes a pycytominer-style CSV (rows x features float32 + 7 Metadata_ columns; --input PATH
+keeps it, a .csv.gz is compressed as it is written), then, alternating, each in a fresh process with
+its peak RSS (ru_maxrss) and CPU time: `phenix import` (--chunk-size, several allowed) vs the obvious
 pandas path (pandas.read_csv of the whole file, then executemany of the metadata + a packed float32
 blob per row into the same table layout).
 
-screen: embeds the molecules of data/molecules at one dose with `phenix screen` (batches of 4,096, one
-transaction each) vs one `INSERT ... SELECT FROM phenix_embed_molecules(...)` in the sqlite3 module.
+screen: embeds the molecules of data/molecules at one dose with `phenix screen` (batches of 4,096
+molecules; --paths screen-commit-each commits every batch) vs one `INSERT ... SELECT FROM
+phenix_embed_molecules(...)` in the sqlite3 module, alternating.
+
+commit: the insert and COMMIT time of one screen transaction's rows, phenix table vs ordinary table.
 """
 
 from __future__ import annotations
