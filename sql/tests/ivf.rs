@@ -331,6 +331,15 @@ fn sidecar_names(db: &Path) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     v.sort();
+    // Each vector file has its row-id file beside it (same name, `.ids`); listed here without them.
+    let ids: Vec<String> = v.iter().filter(|n| n.ends_with(".ids")).cloned().collect();
+    v.retain(|n| !n.ends_with(".ids"));
+    let phx: Vec<String> = v
+        .iter()
+        .filter(|n| n.ends_with(".phx"))
+        .map(|n| n.replace(".phx", ".ids"))
+        .collect();
+    assert_eq!(ids, phx, "row-id files beside the vector files");
     v
 }
 
