@@ -11,7 +11,7 @@ Each case runs in a child process (one SQLite library per process; the progress 
 process-wide): the callback's first report, mid-operation, hands over to a thread that calls
 ``interrupt()``, waits for it, and the time from that call to the statement's return is printed
 (``-s``), never asserted. Data and usability are checked afterwards. ``PHENIX_CANCEL_ROWS`` (default
-40000) and ``PHENIX_CANCEL_DIM`` (64) size the table.
+40000), ``PHENIX_CANCEL_DIM`` (64) and ``PHENIX_CANCEL_QUERIES`` (200) size the tables.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ else:
 phenix.load(conn)
 q(f"CREATE VIRTUAL TABLE t USING phenix(v float16[{dim}] distance=cosine, tag INTEGER)")
 q(f"CREATE VIRTUAL TABLE qs USING phenix(v float16[{dim}])")
-# Deterministic data: vectors from SQLite's own arithmetic (no numpy in the child).
+import numpy as np
+nq = int(os.environ.get("PHENIX_CANCEL_QUERIES", "200"))
+x = np.random.default_rng(7).standard_normal((rows, dim)).astype("<f4")
 q("BEGIN")
-q(f"INSERT INTO t(rowid, v, tag) SELECT n, (SELECT json_group_array(((n * 7919 + j * 104729) % 2003) / 1001.0 - 1.0) "
-  f"FROM (WITH RECURSIVE d(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM d WHERE j < {dim} - 1) SELECT j FROM d)), n "
-  f"FROM (WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {rows}) SELECT n FROM s)")
-q("INSERT INTO qs(rowid, v) SELECT rowid, v FROM t WHERE rowid <= 200")
+conn.executemany("INSERT INTO t(rowid, v, tag) VALUES (?, ?, ?)", [(i + 1, x[i].tobytes(), i + 1) for i in range(rows)])
+q(f"INSERT INTO qs(rowid, v) SELECT rowid, v FROM t WHERE rowid <= {nq}")
 q("DELETE FROM t WHERE rowid % 7 = 0")
 q("COMMIT")
 sqls = {
@@ -63,8 +63,17 @@ sqls = {
     "retrieve_all": "SELECT query_rowid, rowid, rank FROM phenix_retrieve_all('t', 'qs', 5)",
     "optimize": "INSERT INTO t(t) VALUES ('optimize')",
     "backup": "SELECT phenix_backup('" + os.path.join(dbdir, "copy.sqlite") + "')",
+    "embed_molecules": "SELECT id, hex(embedding) FROM phenix_embed_molecules('default', "
+    "'WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+    "SELECT i, ''C'' || substr(''CCCCCCCCCCCC'', 1, i % 12) || ''O'', 1.0 FROM n')",
 }
 sql = sqls[op]
+if mode == "bar":
+    # The command line's bar: tqdm on stderr, fed by the callback during the one statement.
+    with phenix.progress.bar("test", interval_ms=0):
+        n = len(q(sql))
+    print(json.dumps({"version": version, "rows": n}))
+    sys.exit(0)
 snapshot = lambda: q("SELECT rowid, tag, hex(v) FROM t ORDER BY rowid")
 before = snapshot()
 out = {"version": version}
@@ -106,7 +115,7 @@ if "t" in stamp:
     out["to_stop_ms"] = (end - stamp["t"]) * 1e3
 out["seen"] = seen[-1:] + [len(seen)]
 out["intact"] = snapshot() == before  # a compaction keeps every row as it was
-if op in ("knn", "retrieve_all"):
+if op in ("knn", "retrieve_all", "embed_molecules"):
     out["again_same"] = q(sql) == want
 if op == "optimize":
     q("INSERT INTO t(t) VALUES ('optimize')")
@@ -122,7 +131,7 @@ print(json.dumps(out))
 """
 
 
-def _run(host: str, ext, tmp_path, op: str, mode: str) -> dict:
+def _run(host: str, ext, tmp_path, op: str, mode: str, stderr: list | None = None) -> dict:
     p = subprocess.run(
         [sys.executable, "-c", _CHILD, host, str(ext), str(tmp_path), str(ROOT), op, mode],
         capture_output=True,
@@ -130,12 +139,14 @@ def _run(host: str, ext, tmp_path, op: str, mode: str) -> dict:
         timeout=300,
     )
     assert p.returncode == 0, p.stderr
+    if stderr is not None:
+        stderr.append(p.stderr)
     out = json.loads(p.stdout.strip().splitlines()[-1])
     print(f"cancel[{host} {out['version']} {op} {mode}]: {json.dumps(out)}")
     return out
 
 
-OPS = ["knn", "retrieve_all", "optimize", "backup"]
+OPS = ["knn", "retrieve_all", "optimize", "backup", "embed_molecules"]
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -150,7 +161,7 @@ def test_interrupt_stops_phenix_on_a_new_host(op, ext, tmp_path):
     if op != "backup":
         assert out["message"].startswith("phenix"), out
     assert out["intact"], out
-    if op in ("knn", "retrieve_all"):
+    if op in ("knn", "retrieve_all", "embed_molecules"):
         assert out["again_same"], out
     if op == "optimize":
         assert out["intact_after_optimize"] and out["check"] == "ok", out
@@ -186,3 +197,11 @@ def test_the_progress_callback_stops_work_on_every_host(op, host, ext, tmp_path)
         assert out["check"] == "ok", out
     if op == "backup":
         assert not out["copy_left"], out
+
+
+def test_the_cli_progress_bar_moves_during_one_statement(ext, tmp_path):
+    err: list = []
+    out = _run("sqlite3", ext, tmp_path, "retrieve_all", "bar", err)
+    assert out["rows"] == 5 * int(os.environ.get("PHENIX_CANCEL_QUERIES", "200")), out
+    assert "test (retrieve_all)" in err[0], err[0][-500:]
+    assert "%|" in err[0], err[0][-500:]  # a drawn bar
