@@ -73,6 +73,32 @@ impl Bitmap {
         self.len = len;
     }
 
+    /// Grows the universe to `len` (if larger) with every new slot a member: the slots of rows
+    /// appended since the set was made. A word at a time.
+    pub fn extend_full(&mut self, len: usize) {
+        if len <= self.len {
+            return;
+        }
+        let old = self.len;
+        self.words.resize(len.div_ceil(64), 0);
+        let first_whole = old.div_ceil(64);
+        if !old.is_multiple_of(64) {
+            // The partial word: bits old..min(len, its end).
+            let hi = len.min(first_whole * 64);
+            for i in old..hi {
+                self.words[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let last_whole = len / 64;
+        if first_whole < last_whole {
+            self.words[first_whole..last_whole].fill(u64::MAX);
+        }
+        if !len.is_multiple_of(64) && last_whole >= first_whole {
+            self.words[last_whole] |= (1u64 << (len % 64)) - 1;
+        }
+        self.len = len;
+    }
+
     /// The set `{i in 0..len : f(i)}`, built a word at a time.
     pub fn from_fn(len: usize, mut f: impl FnMut(usize) -> bool) -> Self {
         let mut words = vec![0u64; len.div_ceil(64)];
@@ -201,5 +227,24 @@ mod tests {
         assert!(holes.contains_all_below(64));
         assert!(!holes.contains_all_below(65));
         assert!(!holes.contains_all_below(130));
+    }
+}
+
+#[cfg(test)]
+mod extend_full_tests {
+    use super::*;
+
+    /// `extend_full` against a bit-at-a-time reference, over word boundaries and partial words.
+    #[test]
+    fn extend_full_sets_exactly_the_new_slots() {
+        for old in [0usize, 1, 5, 63, 64, 65, 127, 128, 200] {
+            for len in [0usize, 1, 2, 63, 64, 65, 100, 128, 129, 191, 300] {
+                let mut b = Bitmap::from_fn(old, |i| i % 3 == 0);
+                b.extend_full(len);
+                let want =
+                    Bitmap::from_fn(old.max(len), |i| if i < old { i % 3 == 0 } else { true });
+                assert_eq!(b, want, "old {old} len {len}");
+            }
+        }
     }
 }

@@ -77,6 +77,14 @@ pub enum Error {
         /// Rows the caller declared committed.
         committed: u64,
     },
+    /// A row-id file (beside a vector file) is damaged or belongs to another table or generation.
+    #[error("{path}: row-id file is damaged: {detail}")]
+    BadIdFile {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The work was stopped through its [`crate::control::Control`] (an interrupt or a progress hook
     /// asking to stop) before it finished; nothing it would have returned is returned.
     #[error("interrupted")]

@@ -8,6 +8,7 @@ The package carries the loadable SQLite extension ``libphenix`` and puts it into
     phenix.load(conn)                      # Python's sqlite3 or an apsw.Connection
     conn.execute("SELECT phenix_version()").fetchone()
 
+Progress of long phenix statements, and stopping them from the callback, is ``phenix.progress``.
 The command line (``phenix import | train | evaluate | screen | simulate``) is ``phenix.cli``; the
 training recipe (``pip install phenix[train]``: JAX, optax, ONNX, RDKit) is ``phenix.training``. Importing
 ``phenix`` itself needs neither.

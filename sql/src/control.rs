@@ -1,7 +1,7 @@
 //! Cancellation and progress of long phenix work: KNN scans, `phenix_retrieve_all`, `'build-index'`,
 //! `phenix_embed_molecules`, compaction (`'optimize'`) and `phenix_backup`.
 //!
-//! Each long operation runs under an [`Op`]: a [`phenix_core::control::Control`] whose hook, polled
+//! Each long operation runs under an `Op`: a [`phenix_core::control::Control`] whose hook, polled
 //! once per chunk of rows by every worker thread,
 //!
 //! - reads SQLite's interrupt flag of the statement's connection (`sqlite3_is_interrupted`, SQLite

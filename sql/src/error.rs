@@ -120,6 +120,7 @@ impl Error {
                 C::BadMagic { .. }
                 | C::HeaderChecksum { .. }
                 | C::BadHeader { .. }
+                | C::BadIdFile { .. }
                 | C::LayoutMismatch { .. }
                 | C::Truncated { .. }
                 | C::SlotOutOfRange { .. } => ffi::SQLITE_CORRUPT_VTAB,

@@ -5,6 +5,9 @@
 //! ([`encoders`]), and the one [`register`] function that installs all of it on a connection. It owns no storage or search code (that is `phenix-core`) and no
 //! model code (`phenix-models`).
 //!
+//! Long work (KNN scans, `phenix_retrieve_all`, embedding, compaction, backup) stops on
+//! `sqlite3_interrupt` and reports progress to a process-wide callback: [`control`].
+//!
 //! The same [`register`] serves two builds, chosen by exactly one cargo feature:
 //! - `bundled` (default): in-process use with rusqlite's bundled SQLite (applications, tests).
 //! - `loadable`: the loadable extension `libphenix.so` (crate `phenix-extension`), which reaches SQLite

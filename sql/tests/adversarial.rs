@@ -341,13 +341,13 @@ fn check_reports_a_definition_mismatch_and_open_refuses_an_unknown_format() {
     assert!(p.contains("definition"), "{p}");
     c.execute_batch(
         "UPDATE t_info SET value = 'v float32[2] distance=l2, s TEXT' WHERE key = 'definition';
-         UPDATE t_info SET value = 2 WHERE key = 'format';",
+         UPDATE t_info SET value = 3 WHERE key = 'format';",
     )
     .unwrap();
     drop(c);
     let c = open(&path);
     let e = err_of(&c, "INSERT INTO t(rowid, v, s) VALUES (2, '[2,2]', 'b')")
-        .expect("format 2 must be refused");
+        .expect("format 3 must be refused");
     assert!(e.contains("format"), "{e}");
     assert!(check(&c, "t").contains("format"));
 }

@@ -307,7 +307,20 @@ fn drop_rename_attach_and_temp() {
     let db = d.0.join("t.db");
     let c = open(&db);
     let side = d.0.join("t.db-phenix");
-    let files = || std::fs::read_dir(&side).map(|r| r.count()).unwrap_or(0);
+    // Vector files (`.phx`); each file table's row-id file (`.ids`) comes and goes with its own.
+    let files = || {
+        let names: Vec<String> = std::fs::read_dir(&side)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let phx: Vec<&String> = names.iter().filter(|n| n.ends_with(".phx")).collect();
+        let ids = names.iter().filter(|n| n.ends_with(".ids")).count();
+        assert_eq!(ids, phx.len(), "{names:?}");
+        phx.len()
+    };
     c.execute_batch(
         "CREATE VIRTUAL TABLE a USING phenix(v float16[2]); INSERT INTO a(v) VALUES ('[1,2]');",
     )

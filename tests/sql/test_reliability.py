@@ -198,6 +198,8 @@ def test_sigkill_at_random_moments_loses_no_committed_transaction(ext, tmp_path,
         c.execute("DELETE FROM t WHERE rowid = -1")
         table_id = c.execute("SELECT value FROM t_info WHERE key = 'table_id'").fetchone()[0]
         assert _sidecars(db) == [f"{table_id}.g{gen}.phx"]
+        # ... and its row-id file (phenix_check above compared it with t_rows and t_dead).
+        assert _sidecars(db, ".ids") == [f"{table_id}.g{gen}.ids"]
         snap = c.execute("SELECT value FROM t_info WHERE key = 'index_gen'").fetchone()
         if indexed and snap is not None:
             stats["snapshots"] = snap[0]

@@ -169,14 +169,27 @@ impl StorageBackend for FileBackend {
             if have < len as u64 {
                 return Err(short_storage(have, len as u64));
             }
-            // SAFETY: the map is read-only and phenix never rewrites or shrinks the region below the
-            // committed length while it is mapped (module docs of `store`, "Mapping contract"); the
-            // length was checked against the file just above, and the store re-checks it at every
-            // scan and refresh, so a file shrunk by a process outside phenix is reported as
-            // truncated instead of faulting. The map lives in `self`, and every slice handed out
-            // borrows `self`.
-            let m = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file) }?;
-            self.map = Some(m);
+            // A map that only has to grow is extended in place (`mremap`), keeping the page-table
+            // entries of the pages already touched: a reader following another connection's appends
+            // then pays for the new rows, not for faulting the whole file in again.
+            #[cfg(target_os = "linux")]
+            let grown = self.map.as_mut().is_some_and(|m| {
+                // SAFETY: as for a new map below; `&mut self` means no slice of the old map is still
+                // borrowed, and a map that moves is only reached through `self.map` afterwards.
+                unsafe { m.remap(len, memmap2::RemapOptions::new().may_move(true)) }.is_ok()
+            });
+            #[cfg(not(target_os = "linux"))]
+            let grown = false;
+            if !grown {
+                // SAFETY: the map is read-only and phenix never rewrites or shrinks the region below
+                // the committed length while it is mapped (module docs of `store`, "Mapping
+                // contract"); the length was checked against the file just above, and the store
+                // re-checks it at every scan and refresh, so a file shrunk by a process outside phenix
+                // is reported as truncated instead of faulting. The map lives in `self`, and every
+                // slice handed out borrows `self`.
+                let m = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file) }?;
+                self.map = Some(m);
+            }
         }
         let m = self
             .map

@@ -31,11 +31,13 @@
 
 pub mod backend;
 pub mod header;
+pub mod ids;
 
 pub use backend::{FileBackend, MemoryBackend, StorageBackend};
 pub use header::{
     random_table_id, Header, Layout, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_DIM, ROW_ALIGN,
 };
+pub use ids::{IdColumn, IdsSnapshot};
 
 use crate::error::{Error, Result};
 use crate::fault::{self, FaultPlan, FaultPoint, FaultyBackend};
@@ -66,6 +68,9 @@ pub struct VectorStore {
     /// Encoded rows appended but not yet written.
     pending: Vec<u8>,
     writable: bool,
+    /// The row-id column beside the rows, if the store carries one: appended, flushed, synced,
+    /// truncated and length-checked with them.
+    ids: Option<IdColumn>,
 }
 
 impl std::fmt::Debug for VectorStore {
@@ -182,6 +187,7 @@ impl VectorStore {
             own_rows: 0,
             pending: Vec::new(),
             writable: true,
+            ids: None,
         })
     }
 
@@ -235,6 +241,7 @@ impl VectorStore {
             own_rows: 0,
             pending: Vec::new(),
             writable,
+            ids: None,
         };
         let file_rows = s.storage_rows()?;
         if file_rows < committed {
@@ -265,6 +272,7 @@ impl VectorStore {
             own_rows: 0,
             pending: Vec::new(),
             writable: true,
+            ids: None,
         }
     }
 
@@ -363,16 +371,86 @@ impl VectorStore {
     }
 
     /// Appends rows given as `f32` (converted to the element type; values that do not fit are an error
-    /// and nothing is appended). Returns the slots of the new rows.
+    /// and nothing is appended). Returns the slots of the new rows. A store carrying a row-id column
+    /// refuses this ([`VectorStore::append_with_ids`]).
     pub fn append(&mut self, vectors: &[f32]) -> Result<Range<u64>> {
         let enc = self.encode_rows(vectors)?;
         self.append_encoded(&enc)
+    }
+
+    /// Attaches a row-id column ([`IdColumn`]) opened or created for this store's file; from here on
+    /// appends need row ids ([`VectorStore::append_with_ids`]), and flush, sync, truncate and the
+    /// length checks cover the column too.
+    pub fn attach_ids(&mut self, ids: IdColumn) {
+        self.ids = Some(ids);
+    }
+
+    /// Whether the store carries a row-id column.
+    pub fn has_ids(&self) -> bool {
+        self.ids.is_some()
+    }
+
+    /// The row ids of slots `0..rows` as a read-only snapshot (`None` without a row-id column).
+    pub fn ids_snapshot(&mut self, rows: u64) -> Result<Option<IdsSnapshot>> {
+        match self.ids.as_mut() {
+            None => Ok(None),
+            Some(c) => c.snapshot(rows).map(Some),
+        }
+    }
+
+    /// [`VectorStore::append`] with the row id of each new row (ignored by a store without a row-id
+    /// column).
+    pub fn append_with_ids(&mut self, vectors: &[f32], ids: &[i64]) -> Result<Range<u64>> {
+        let enc = self.encode_rows(vectors)?;
+        self.append_encoded_with_ids(&enc, ids)
+    }
+
+    /// [`VectorStore::append_encoded`] with the row id of each new row (ignored by a store without a
+    /// row-id column).
+    pub fn append_encoded_with_ids(&mut self, enc: &[u8], ids: &[i64]) -> Result<Range<u64>> {
+        let stride = self.header.layout.stride();
+        if ids.len() * stride != enc.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} row ids for {} rows",
+                ids.len(),
+                enc.len() / stride.max(1)
+            )));
+        }
+        let start = self.len();
+        if let Some(c) = self.ids.as_mut() {
+            // The column keeps one entry per row: leftovers past the rows (a crash between the two
+            // files' writes) go; a column behind the rows cannot be written in step any more.
+            if c.len() > start {
+                c.truncate(start)?;
+            }
+            if c.len() < start {
+                // Rows whose row ids were truncated while the rows could not be (a failed
+                // truncation): they are no row's, so any filler keeps the column in step.
+                let fill = vec![i64::MIN; (start - c.len()) as usize];
+                c.append(&fill)?;
+            }
+        }
+        let r = self.append_rows(enc)?;
+        if let Some(c) = self.ids.as_mut() {
+            c.append(ids)?;
+        }
+        Ok(r)
     }
 
     /// Appends rows already encoded in this store's layout: `enc` holds whole rows of
     /// [`Layout::stride`] bytes each (as [`RowsView::raw`] returns them). Compaction copies rows this way,
     /// bit for bit.
     pub fn append_encoded(&mut self, enc: &[u8]) -> Result<Range<u64>> {
+        if let Some(c) = &self.ids {
+            return Err(Error::InvalidArgument(format!(
+                "the store keeps row ids in {}; append rows with their row ids",
+                c.path().display()
+            )));
+        }
+        self.append_rows(enc)
+    }
+
+    fn append_rows(&mut self, enc: &[u8]) -> Result<Range<u64>> {
         let stride = self.header.layout.stride();
         if !enc.len().is_multiple_of(stride) {
             return Err(Error::DimMismatch {
@@ -394,6 +472,9 @@ impl VectorStore {
 
     /// Writes pending appends to the backend (no fsync).
     pub fn flush(&mut self) -> Result<()> {
+        if let Some(c) = self.ids.as_mut() {
+            c.flush()?;
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -412,6 +493,9 @@ impl VectorStore {
     /// Makes every appended row durable: writes pending rows and `fdatasync`s the file.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
+        if let Some(c) = self.ids.as_mut() {
+            c.sync()?;
+        }
         if let Err(e) = self.backend.sync_data() {
             return Err(Error::io("fsync", &self.name(), e));
         }
@@ -442,6 +526,10 @@ impl VectorStore {
             self.own_rows = self.own_rows.min(n);
         }
         self.committed = self.committed.min(n);
+        // After the rows: if the rows could not be truncated, their row ids stay with them.
+        if let Some(c) = self.ids.as_mut() {
+            c.truncate(n)?;
+        }
         Ok(())
     }
 
@@ -461,6 +549,9 @@ impl VectorStore {
                 found,
                 committed: relied,
             });
+        }
+        if let Some(c) = self.ids.as_mut() {
+            c.refresh(committed)?;
         }
         if self.pending.is_empty() {
             self.file_rows = found;
@@ -484,6 +575,9 @@ impl VectorStore {
                 found,
                 committed: relied,
             });
+        }
+        if let Some(c) = &self.ids {
+            c.check(self.committed)?;
         }
         Ok(())
     }

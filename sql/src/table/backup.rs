@@ -129,12 +129,21 @@ fn copy_all(
             committed,
             layout: None,
         };
-        let store = sidecar::open_vector_file(&path, &want, false).map_err(|e| match e {
-            Error::Corrupt(m) => {
-                Error::Corrupt(format!("{F}: phenix table {t}: {m}; run phenix_check"))
-            }
-            e => e.with_context(&format!("{F}: phenix table {t}: ")),
-        })?;
+        let format2 = info.format() == Some(shadow::FORMAT_MAPPED as i64);
+        let store = sidecar::open_vector_file(&path, &want, false)
+            .and_then(|mut s| {
+                if format2 {
+                    // The row-id file beside it, copied with the rows.
+                    sidecar::open_ids(&mut s, &path, &want, false)?;
+                }
+                Ok(s)
+            })
+            .map_err(|e| match e {
+                Error::Corrupt(m) => {
+                    Error::Corrupt(format!("{F}: phenix table {t}: {m}; run phenix_check"))
+                }
+                e => e.with_context(&format!("{F}: phenix table {t}: ")),
+            })?;
         // The IVF index snapshot, if the table has one (opened now, like the vector file; one that
         // cannot be opened is left out, and the copy reports it as the source does).
         let snapshot = info.count(super::index::INDEX_GEN).and_then(|n| {
@@ -169,6 +178,13 @@ fn copy_all(
             let path = sidecar::sidecar_path(dest, &id, generation);
             let mut out = VectorStore::create_with_header(&path, *store.header())
                 .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
+            let ids = store
+                .ids_snapshot(committed)
+                .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
+            if ids.is_some() {
+                sidecar::create_ids(&mut out, &path)
+                    .map_err(|e| e.with_context(&format!("{F}: phenix table {t}: ")))?;
+            }
             const CHUNK: u64 = 16_384;
             let mut at = 0;
             while at < committed {
@@ -176,8 +192,17 @@ fn copy_all(
                 let view = store
                     .view(end)
                     .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
-                out.append_encoded(view.raw(at as usize..end as usize))
-                    .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
+                let raw = view.raw(at as usize..end as usize);
+                match &ids {
+                    Some(ids) => {
+                        let chunk: Vec<i64> = (at as usize..end as usize)
+                            .map(|s| ids.get(s).unwrap_or(i64::MIN))
+                            .collect();
+                        out.append_encoded_with_ids(raw, &chunk)
+                    }
+                    None => out.append_encoded(raw),
+                }
+                .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
                 op.step(end - at)?;
                 at = end;
             }

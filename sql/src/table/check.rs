@@ -7,6 +7,9 @@
 //!   valid, its layout equal to the definition, its table id and generation equal to `<t>_info`'s, and at
 //!   least the committed number of rows;
 //! - `<t>_rows`: every slot an integer below the committed count, no slot used twice;
+//! - format 2: the row-id file beside the vector file (header, table id, generation, length) holds
+//!   each row's row id at its slot, and every slot below the committed count is either a row's or
+//!   listed in `<t>_dead` (never both), since readers take every other slot for a live row;
 //! - every live vector finite;
 //! - the IVF index snapshot `<t>_info` names, if any: decoded (both CRCs and every structural check),
 //!   the table's own (table id, generation, layout), covering no more rows than are committed.
@@ -18,7 +21,9 @@ use super::index;
 use super::names::{self, qualified, split_name};
 use super::registry::{self, lock_state};
 use super::schema::{self, TableDef};
-use super::shadow::{self, COMMITTED, DEFINITION, FORMAT, FORMAT_VERSION, GENERATION, TABLE_ID};
+use super::shadow::{
+    self, COMMITTED, DEFINITION, FORMAT, FORMAT_MAPPED, FORMAT_VERSION, GENERATION, TABLE_ID,
+};
 use super::sidecar::{self, Expected};
 use super::state::TableState;
 use crate::args::{table_err, text_arg};
@@ -270,6 +275,8 @@ struct Info {
     committed: u64,
     generation: u64,
     def: TableDef,
+    /// Format 2: a row-id file beside the vector file.
+    ids: bool,
 }
 
 /// Reads and validates `<t>_info`; `None` (with problems) when the rest cannot be checked.
@@ -298,12 +305,14 @@ fn read_info(
     };
     let committed = int(COMMITTED, p);
     let generation = int(GENERATION, p);
+    let mut ids = false;
     if let Some(f) = int(FORMAT, p) {
-        if f != FORMAT_VERSION {
+        if !shadow::format_known(f as i64) {
             p.push(format!(
-                "{table}_info: format {f}; this phenix reads format {FORMAT_VERSION}"
+                "{table}_info: format {f}; this phenix reads formats {FORMAT_VERSION} and {FORMAT_MAPPED}"
             ));
         }
+        ids = f == FORMAT_MAPPED;
     }
     let id = vals.table_id();
     if let Some(id) = &id {
@@ -346,6 +355,7 @@ fn read_info(
             committed,
             generation,
             def,
+            ids,
         }),
         _ => None,
     })
@@ -414,6 +424,101 @@ fn module_args(sql: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// Format 2: the row-id file against `<t>_rows` (`pairs`: (slot, rowid) of every row with a slot in
+/// range) and `<t>_dead`: readers serve every slot below `bound` that `<t>_dead` does not list as a
+/// live row with the file's row id, so both must agree with `<t>_rows` exactly.
+fn check_ids(
+    conn: &Connection,
+    schema: &str,
+    table: &str,
+    store: &mut VectorStore,
+    bound: u64,
+    pairs: &[(u64, i64)],
+    p: &mut Vec<String>,
+) -> rusqlite::Result<()> {
+    let ids = match store.ids_snapshot(bound) {
+        Ok(Some(ids)) => ids,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            p.push(table_err(table, e).to_string());
+            return Ok(());
+        }
+    };
+    let mut wrong = 0u64;
+    let mut first_wrong = None;
+    let mut in_rows = phenix_core::Bitmap::new(bound as usize);
+    for &(s, r) in pairs {
+        in_rows.insert(s as usize);
+        let found = ids.get(s as usize);
+        if found != Some(r) {
+            wrong += 1;
+            first_wrong.get_or_insert((s, r, found));
+        }
+    }
+    if let Some((s, r, found)) = first_wrong {
+        p.push(format!(
+            "{table}: the row-id file disagrees with {table}_rows at {wrong} slot(s) (first: slot {s} holds row {r}, the file says {})",
+            found.map_or("nothing".to_string(), |f| f.to_string())
+        ));
+    }
+    let dead = qualified(schema, &format!("{table}_dead"));
+    let mut in_dead = phenix_core::Bitmap::new(bound as usize);
+    let (mut bad, mut both) = (0u64, 0u64);
+    let mut first_bad = None;
+    let mut first_both = None;
+    {
+        let mut st = match conn.prepare(&format!("SELECT seq, slot FROM {dead}")) {
+            Ok(s) => s,
+            Err(e) => {
+                p.push(format!("{table}_dead cannot be read: {e}"));
+                return Ok(());
+            }
+        };
+        let mut q = st.query([])?;
+        while let Some(r) = q.next()? {
+            let seq: i64 = r.get(0)?;
+            match r.get::<_, Value>(1)? {
+                Value::Integer(s) if s >= 0 && (s as u64) < bound => {
+                    let s = s as usize;
+                    if in_rows.contains(s) {
+                        both += 1;
+                        first_both.get_or_insert(s);
+                    }
+                    in_dead.insert(s);
+                }
+                other => {
+                    bad += 1;
+                    first_bad.get_or_insert((seq, describe(Some(&other))));
+                }
+            }
+        }
+    }
+    if let Some((seq, v)) = first_bad {
+        p.push(format!(
+            "{table}_dead: {bad} entr(y/ies) name no slot below the {bound} committed rows (first: entry {seq}, slot {v})"
+        ));
+    }
+    if let Some(s) = first_both {
+        p.push(format!(
+            "{table}_dead: {both} slot(s) listed as deleted still hold a row of {table}_rows (first: slot {s}); readers would not return it"
+        ));
+    }
+    let mut neither = 0u64;
+    let mut first_neither = None;
+    for s in 0..bound as usize {
+        if !in_rows.contains(s) && !in_dead.contains(s) {
+            neither += 1;
+            first_neither.get_or_insert(s);
+        }
+    }
+    if let Some(s) = first_neither {
+        p.push(format!(
+            "{table}: {neither} slot(s) below the committed count hold no row of {table}_rows and are not listed in {table}_dead (first: slot {s}); readers would return them as rows"
+        ));
+    }
+    Ok(())
+}
+
 fn describe(v: Option<&Value>) -> String {
     match v {
         None => "missing".into(),
@@ -463,7 +568,13 @@ fn open_checked(
         committed: info.committed,
         layout: Some(info.def.layout),
     };
-    match sidecar::open_vector_file(&path, &want, false) {
+    let opened = sidecar::open_vector_file(&path, &want, false).and_then(|mut s| {
+        if info.ids {
+            sidecar::open_ids(&mut s, &path, &want, false)?;
+        }
+        Ok(s)
+    });
+    match opened {
         Ok(s) => Some(s),
         Err(e) => {
             p.push(match e {
@@ -487,6 +598,7 @@ fn check_rows(
 ) -> rusqlite::Result<()> {
     let rows = qualified(schema, &format!("{table}_rows"));
     let mut slots: Vec<u64> = Vec::new();
+    let mut pairs: Vec<(u64, i64)> = Vec::new();
     let mut bad_type = 0u64;
     let mut out_of_range = 0u64;
     let mut first_bad: Option<(i64, String)> = None;
@@ -502,7 +614,10 @@ fn check_rows(
         while let Some(r) = q.next()? {
             let rowid: i64 = r.get(0)?;
             match r.get::<_, Value>(1)? {
-                Value::Integer(s) if s >= 0 && (s as u64) < bound => slots.push(s as u64),
+                Value::Integer(s) if s >= 0 && (s as u64) < bound => {
+                    slots.push(s as u64);
+                    pairs.push((s as u64, rowid));
+                }
                 Value::Integer(s) => {
                     out_of_range += 1;
                     first_bad.get_or_insert((rowid, s.to_string()));
@@ -533,6 +648,9 @@ fn check_rows(
         p.push(format!(
             "{table}_rows: {dup} slot(s) are used by more than one row"
         ));
+    }
+    if store.has_ids() {
+        check_ids(conn, schema, table, store, bound, &pairs, p)?;
     }
     if slots.is_empty() {
         return Ok(());

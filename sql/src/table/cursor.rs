@@ -36,6 +36,9 @@ pub(crate) struct PhenixCursor {
     meta: Arc<Mutex<MetaCache>>,
     rows: Vec<OutRow>,
     pos: usize,
+    /// Whether each row is checked against `<t>_rows` as the cursor reaches it: KNN rows whose row ids
+    /// came from the row-id file, so a damaged file is an error, never a wrong row.
+    verify: bool,
 }
 
 /// The xFilter arguments of a plan, decoded.
@@ -166,6 +169,7 @@ impl PhenixCursor {
             meta,
             rows: Vec::new(),
             pos: 0,
+            verify: false,
         }
     }
 
@@ -186,12 +190,23 @@ impl PhenixCursor {
         }
         self.rows.clear();
         self.pos = 0;
+        self.verify = false;
         self.rows = match plan {
             Plan::Knn => self.knn(&st, b)?,
             Plan::Point => point(&st, b)?,
             Plan::Scan => scan(&st, b)?,
         };
-        Ok(())
+        self.verify =
+            matches!(plan, Plan::Knn) && st.live().is_some_and(super::live::Live::is_mapped);
+        self.verify_current(&st)
+    }
+
+    /// Checks the current row against `<t>_rows` (when [`PhenixCursor::verify`] is set).
+    fn verify_current(&self, st: &TableState) -> rusqlite::Result<()> {
+        match self.rows.get(self.pos) {
+            Some(r) if self.verify => st.check_result_row(r.rowid, r.slot),
+            _ => Ok(()),
+        }
     }
 
     /// The KNN plan: pre-filter on metadata (in memory when cached, else in SQLite), then rank only the
@@ -272,8 +287,14 @@ impl PhenixCursor {
     }
 
     /// xNext.
-    pub(crate) fn next(&mut self) {
+    pub(crate) fn next(&mut self) -> rusqlite::Result<()> {
         self.pos += 1;
+        if self.verify && self.pos < self.rows.len() {
+            let state = self.state.clone();
+            let st = lock_state(&state);
+            self.verify_current(&st)?;
+        }
+        Ok(())
     }
 
     /// xEof.

@@ -165,7 +165,7 @@ unsafe extern "C" fn x_rename(vt: *mut ffi::sqlite3_vtab, new: *const c_char) ->
 unsafe extern "C" fn x_shadow_name(name: *const c_char) -> c_int {
     // SAFETY: SQLite passes a NUL-terminated suffix.
     let n = unsafe { CStr::from_ptr(name) }.to_bytes();
-    c_int::from(n == b"info" || n == b"rows")
+    c_int::from(n == b"info" || n == b"rows" || n == b"dead")
 }
 
 /// The `phenix` module: rusqlite's transactional module plus savepoints, rename and shadow-table names

@@ -173,6 +173,12 @@ fn retrieve_all(
             .live()
             .ok_or_else(|| Error::Internal("live set not loaded".into()))?;
         let pairs = live.by_rowid();
+        if live.is_mapped() {
+            // Query row ids from the row-id file, checked against `<t>_rows` like result rows.
+            for &(rowid, slot) in &pairs {
+                q.check_result_row(rowid, slot as u64)?;
+            }
+        }
         let dim = q.def().layout.dim();
         let n = q.visible_rows();
         let mut store = q.store();
@@ -345,7 +351,7 @@ fn search_all(
         for (qi, q) in qvecs.chunks(qdim.max(1)).enumerate() {
             let hits = rank::ivf_search(&view, idx, q, metric, k, p)
                 .map_err(|e| Error::store(format!("{f}: "), e))?;
-            let mut rows: Vec<(i64, f64)> = if hits.iter().any(|h| !h.distance.is_finite()) {
+            let mut rows: Vec<(i64, u64, f64)> = if hits.iter().any(|h| !h.distance.is_finite()) {
                 let req = rank::Request {
                     query: q,
                     candidates: Candidates::Bitmap(live.bitmap()),
@@ -355,17 +361,20 @@ fn search_all(
                 };
                 rank::rank(&view, &req, |s| live.rowid(s))
                     .map_err(|e| Error::store(format!("{f}: "), e))?
-                    .into_iter()
-                    .map(|(r, _, d)| (r, d))
-                    .collect()
             } else {
                 hits.into_iter()
-                    .filter_map(|h| Some((live.rowid(h.slot)?, h.distance as f64)))
+                    .filter_map(|h| Some((live.rowid(h.slot)?, h.slot, h.distance as f64)))
                     .collect()
             };
-            rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            rows.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
             rows.truncate(k);
-            for (rank, (rowid, d)) in rows.into_iter().enumerate() {
+            if live.is_mapped() {
+                // Row ids from the row-id file are checked against `<t>_rows`, as KNN's are.
+                for &(rowid, slot, _) in &rows {
+                    t.check_result_row(rowid, slot)?;
+                }
+            }
+            for (rank, (rowid, _, d)) in rows.into_iter().enumerate() {
                 out.push((qrowids[qi], rowid, rank as i64 + 1, d));
             }
             // Interruptible between queries (one query's probe is short).
@@ -402,7 +411,7 @@ fn search_all(
         let close = |a: f32, b: f32| (b - a).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0);
         let exact = hs.iter().any(|h| !h.distance.is_finite())
             || hs.windows(2).any(|w| close(w[0].distance, w[1].distance));
-        let rows: Vec<(i64, f64)> = if exact {
+        let rows: Vec<(i64, u64, f64)> = if exact {
             let q = &qvecs[qi * qdim..(qi + 1) * qdim];
             let req = rank::Request {
                 query: q,
@@ -415,19 +424,22 @@ fn search_all(
             let _scan = crate::control::Op::silent(db);
             rank::rank(&view, &req, |s| live.rowid(s))
                 .map_err(|e| Error::store(format!("{f}: "), e))?
-                .into_iter()
-                .map(|(r, _, d)| (r, d))
-                .collect()
         } else {
-            let mut rows: Vec<(i64, f64)> = hs
+            let mut rows: Vec<(i64, u64, f64)> = hs
                 .into_iter()
                 .take(k)
-                .filter_map(|h| Some((live.rowid(h.slot)?, h.distance as f64)))
+                .filter_map(|h| Some((live.rowid(h.slot)?, h.slot, h.distance as f64)))
                 .collect();
-            rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            rows.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
             rows
         };
-        for (rank, (rowid, d)) in rows.into_iter().enumerate() {
+        if live.is_mapped() {
+            // Row ids from the row-id file are checked against `<t>_rows`, as KNN's are.
+            for &(rowid, slot, _) in &rows {
+                t.check_result_row(rowid, slot)?;
+            }
+        }
+        for (rank, (rowid, _, d)) in rows.into_iter().enumerate() {
             out.push((qrowids[qi], rowid, rank as i64 + 1, d));
         }
         op.step(1)?;

@@ -10,6 +10,9 @@
 //!     (absent in tables that never did: 0), so readers know when only appends happened.
 //! - `<t>_rows(rowid INTEGER PRIMARY KEY, slot INTEGER NOT NULL, <metadata and aux columns>)`: the row
 //!   ids, the slot of each row's vector in the file, and the other columns.
+//! - `<t>_dead(seq INTEGER PRIMARY KEY, slot INTEGER NOT NULL)` (format 2 only): the slots whose rows
+//!   were deleted or moved away since the last compaction, in the order it happened; with the row-id
+//!   file beside the vectors it makes the live set (docs/design.md, "The row-id map").
 //!
 //! To add a key: a constant here, its default in [`create`], its reading in [`Info`], and its check in
 //! `check.rs`.
@@ -33,8 +36,15 @@ pub(crate) const FORMAT: &str = "format";
 /// `<t>_info` key: remap counter.
 pub(crate) const REMAPS: &str = "remaps";
 
-/// The shadow-table format this build writes and reads.
+/// The shadow-table format of tables without a row-id map (made before it existed, or in memory).
 pub(crate) const FORMAT_VERSION: u64 = 1;
+/// The shadow-table format of tables with a row-id file and `<t>_dead`.
+pub(crate) const FORMAT_MAPPED: u64 = 2;
+
+/// Whether this build reads shadow-table format `f`.
+pub(crate) fn format_known(f: i64) -> bool {
+    f == FORMAT_VERSION as i64 || f == FORMAT_MAPPED as i64
+}
 
 /// The `WHERE` condition on `sqlite_master` that selects phenix tables: the one test of "is it a
 /// phenix table".
@@ -49,6 +59,11 @@ pub(crate) fn info_table(schema: &str, name: &str) -> String {
 /// `<t>_rows`, qualified.
 pub(crate) fn rows_table(schema: &str, name: &str) -> String {
     qualified(schema, &format!("{name}_rows"))
+}
+
+/// `<t>_dead`, qualified.
+pub(crate) fn dead_table(schema: &str, name: &str) -> String {
+    qualified(schema, &format!("{name}_dead"))
 }
 
 /// The phenix tables of `schema`.
@@ -97,13 +112,15 @@ pub(crate) fn is_phenix_table(
     st.exists([table])
 }
 
-/// Makes the shadow tables of a new table and fills `<t>_info`.
+/// Makes the shadow tables of a new table and fills `<t>_info`; `mapped`: format 2 (a row-id file
+/// beside the vectors, and `<t>_dead`), else format 1.
 pub(crate) fn create(
     conn: &Connection,
     schema: &str,
     name: &str,
     id: &[u8; 16],
     def: &TableDef,
+    mapped: bool,
 ) -> rusqlite::Result<()> {
     let mut cols = String::new();
     for c in &def.columns {
@@ -115,9 +132,20 @@ pub(crate) fn create(
         info = info_table(schema, name),
         rows = rows_table(schema, name),
     ))?;
+    if mapped {
+        conn.execute_batch(&format!(
+            "CREATE TABLE {}(seq INTEGER PRIMARY KEY, slot INTEGER NOT NULL);",
+            dead_table(schema, name)
+        ))?;
+    }
+    let format = if mapped {
+        FORMAT_MAPPED
+    } else {
+        FORMAT_VERSION
+    };
     conn.execute(
         &format!(
-            "INSERT INTO {}(key, value) VALUES ('{TABLE_ID}', ?1), ('{COMMITTED}', 0), ('{GENERATION}', 0), ('{DEFINITION}', ?2), ('{FORMAT}', {FORMAT_VERSION})",
+            "INSERT INTO {}(key, value) VALUES ('{TABLE_ID}', ?1), ('{COMMITTED}', 0), ('{GENERATION}', 0), ('{DEFINITION}', ?2), ('{FORMAT}', {format})",
             info_table(schema, name)
         ),
         params![hex(id), def.canonical()],
@@ -128,9 +156,10 @@ pub(crate) fn create(
 /// `DROP TABLE`: drops the shadow tables (inside the transaction).
 pub(crate) fn drop_tables(conn: &Connection, schema: &str, name: &str) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
-        "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
+        "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
         info_table(schema, name),
-        rows_table(schema, name)
+        rows_table(schema, name),
+        dead_table(schema, name)
     ))
 }
 
@@ -148,7 +177,23 @@ pub(crate) fn rename(
         q(new),
         rows_table(schema, old),
         q(new)
-    ))
+    ))?;
+    let has_dead: bool = conn.query_row(
+        &format!(
+            "SELECT EXISTS(SELECT 1 FROM \"{}\".sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE)",
+            q(schema)
+        ),
+        [format!("{old}_dead")],
+        |r| r.get(0),
+    )?;
+    if has_dead {
+        conn.execute_batch(&format!(
+            "ALTER TABLE {} RENAME TO \"{}_dead\";",
+            dead_table(schema, old),
+            q(new)
+        ))?;
+    }
+    Ok(())
 }
 
 /// Sets `<t>_info.key` (inside the transaction).
@@ -238,6 +283,15 @@ impl Info {
     /// The table id (32 hex digits).
     pub(crate) fn table_id(&self) -> Option<[u8; 16]> {
         self.text(TABLE_ID).and_then(unhex)
+    }
+
+    /// The shadow-table format (1 if absent: tables made before the key existed).
+    pub(crate) fn format(&self) -> Option<i64> {
+        match self.get(FORMAT) {
+            None => Some(FORMAT_VERSION as i64),
+            Some(Value::Integer(f)) => Some(*f),
+            _ => None,
+        }
     }
 
     /// The remap counter (0 if absent or not an integer: a table made before it existed).

@@ -10,7 +10,7 @@
 use super::names::{hex, unhex};
 use super::shadow::{self, Info, GENERATION};
 use crate::error::Error;
-use phenix_core::store::{Layout, VectorStore};
+use phenix_core::store::{IdColumn, Layout, VectorStore};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
@@ -137,6 +137,46 @@ pub(crate) fn sidecar_path(db: &Path, id: &[u8; 16], generation: u64) -> PathBuf
     sidecar_dir(db).join(format!("{}.g{generation}.phx", hex(id)))
 }
 
+/// The row-id file of the vector file at `vector_path` (format-2 tables): the same name, extension
+/// `ids` (`<table_id>.g<generation>.ids`).
+fn ids_beside(vector_path: &Path) -> PathBuf {
+    vector_path.with_extension("ids")
+}
+
+/// Creates the row-id file beside the new vector file `s` (at `vector_path`) and attaches it.
+pub(crate) fn create_ids(s: &mut VectorStore, vector_path: &Path) -> Result<(), Error> {
+    let h = *s.header();
+    let c = IdColumn::create(&ids_beside(vector_path), &h.table_id, h.generation)?;
+    phenix_core::store::sync_parent_dir(vector_path)?;
+    s.attach_ids(c);
+    Ok(())
+}
+
+/// Opens the row-id file beside the vector file `s` (at `vector_path`, of `want`) and attaches it:
+/// its header must name the same table and generation, and it must hold the committed entries.
+pub(crate) fn open_ids(
+    s: &mut VectorStore,
+    vector_path: &Path,
+    want: &Expected<'_>,
+    writable: bool,
+) -> Result<(), Error> {
+    let path = ids_beside(vector_path);
+    let c = IdColumn::open(&path, want.id, want.generation, want.committed, writable).map_err(
+        |e| match e {
+            phenix_core::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::Corrupt(format!(
+                    "the row-id file {} is missing ({}_info names format 2, which keeps one beside the vector file)",
+                    path.display(),
+                    want.table
+                ))
+            }
+            e => Error::from(e),
+        },
+    )?;
+    s.attach_ids(c);
+    Ok(())
+}
+
 /// What a vector file must be: the table's own (table id) file of the generation its `<t>_info` names.
 pub(crate) struct Expected<'a> {
     /// The table's name, for messages.
@@ -232,6 +272,7 @@ pub(crate) fn collect_orphans(
         {
             Some((id, g)) => {
                 referenced.insert(format!("{}.g{g}.phx", hex(&id)));
+                referenced.insert(format!("{}.g{g}.ids", hex(&id)));
                 // The table's IVF index snapshot, if it has one.
                 if let Some(n) = info.as_ref().and_then(|i| i.count(super::index::INDEX_GEN)) {
                     referenced.insert(super::index::snapshot_name(&id, g, n));
@@ -245,7 +286,8 @@ pub(crate) fn collect_orphans(
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let ours = (name.ends_with(".phx") && name.get(..32).and_then(unhex).is_some())
+        let ours = ((name.ends_with(".phx") || name.ends_with(".ids"))
+            && name.get(..32).and_then(unhex).is_some())
             || super::index::is_snapshot_name(&name);
         let regular = e.file_type().is_ok_and(|t| t.is_file());
         if ours && regular && !referenced.contains(&name) && std::fs::remove_file(e.path()).is_ok()

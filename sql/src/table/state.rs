@@ -12,7 +12,7 @@ pub(crate) use txn::Failed;
 use super::live::Live;
 use super::registry;
 use super::schema::TableDef;
-use super::shadow::{self, Info, COMMITTED, DEFINITION, FORMAT, FORMAT_VERSION, GENERATION};
+use super::shadow::{self, Info, COMMITTED, DEFINITION, FORMAT_MAPPED, FORMAT_VERSION, GENERATION};
 use super::sidecar::{self, db_file, Expected};
 use crate::args::table_err;
 use crate::error::Error;
@@ -70,6 +70,13 @@ pub(crate) struct TableState {
     mem: Option<registry::MemKey>,
     /// This connection's in-memory stores (the module's client data).
     keep: registry::ConnStores,
+    /// Shadow-table format 2: deletions are recorded in `<t>_dead` and (file tables) the vector file
+    /// has a row-id file beside it, from which the live set is mapped.
+    format2: bool,
+    /// Slots of this write transaction that a failed truncation left in the store (`ROLLBACK TO`, a
+    /// failed insert): no `<t>_rows` entry names them, so a format-2 table must list them in
+    /// `<t>_dead` before it commits, or readers would take them for rows. (store address, slots).
+    orphans: Vec<(usize, std::ops::Range<u64>)>,
     /// The table's IVF index in this connection (`state/index.rs`).
     index: index::IndexState,
 }
@@ -84,8 +91,11 @@ impl TableState {
         keep: registry::ConnStores,
     ) -> rusqlite::Result<Self> {
         let id = random_table_id();
-        shadow::create(&conn, schema, name, &id, &def)?;
-        let store = match db_file(&conn, schema)? {
+        let db = db_file(&conn, schema)?;
+        // File tables keep a row-id file beside the vectors (format 2); in-memory tables keep their
+        // live set in memory (format 1).
+        shadow::create(&conn, schema, name, &id, &def, db.is_some())?;
+        let store = match db {
             Some(db) => {
                 let dir = sidecar::checked_sidecar_dir(&db)?;
                 std::fs::create_dir_all(&dir).map_err(|e| {
@@ -95,7 +105,8 @@ impl TableState {
                     ))
                 })?;
                 let path = sidecar::sidecar_path(&db, &id, 0);
-                let s = VectorStore::create(&path, def.layout, id).map_err(Error::from)?;
+                let mut s = VectorStore::create(&path, def.layout, id).map_err(Error::from)?;
+                sidecar::create_ids(&mut s, &path)?;
                 Arc::new(Mutex::new(s))
             }
             None => {
@@ -110,6 +121,7 @@ impl TableState {
         };
         let mut st = Self::new(conn, schema, name, def, id, store, 0);
         st.keep = keep;
+        st.format2 = true;
         Ok(st)
     }
 
@@ -125,7 +137,7 @@ impl TableState {
         keep: registry::ConnStores,
     ) -> rusqlite::Result<Self> {
         match open_existing(&conn, schema, name, &def, &keep) {
-            Ok((id, committed, generation, store)) => {
+            Ok((id, committed, generation, store, format2)) => {
                 let in_memory = store
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -136,6 +148,7 @@ impl TableState {
                 st.generation = generation;
                 st.mem = mem;
                 st.keep = keep;
+                st.format2 = format2;
                 Ok(st)
             }
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Err(e),
@@ -195,6 +208,8 @@ impl TableState {
             broken: None,
             mem: None,
             keep: registry::ConnStores::default(),
+            format2: false,
+            orphans: Vec::new(),
             index: index::IndexState::default(),
         }
     }
@@ -245,6 +260,16 @@ impl TableState {
         shadow::rows_table(&self.schema, &self.name)
     }
 
+    /// The `<t>_dead` table, qualified (format 2).
+    fn dead_table(&self) -> String {
+        shadow::dead_table(&self.schema, &self.name)
+    }
+
+    /// Whether the table records deletions in `<t>_dead` (format 2).
+    pub(crate) fn format2(&self) -> bool {
+        self.format2
+    }
+
     /// Rows a scan may touch: the committed ones, plus this connection's own appends while it is
     /// writing. Rows past that may belong to another process's unfinished transaction and may be
     /// truncated by it at any moment, so a reader never maps them into a scan.
@@ -293,6 +318,7 @@ impl TableState {
                         committed,
                         layout: Some(self.def.layout),
                     },
+                    self.format2,
                 )?;
                 self.store = Arc::new(Mutex::new(s));
             } else if let Some(key) = self.mem {
@@ -347,11 +373,25 @@ impl TableState {
     /// extended by the new slots, otherwise it is dropped for a full reload.
     fn catch_up(&mut self, c: u64, g: u64, m: i64) -> rusqlite::Result<()> {
         let old = self.committed;
-        let appended_only = g == self.generation && m == self.remaps && c >= old;
+        let same_file = g == self.generation && c >= old;
+        let appended_only = same_file && m == self.remaps;
         self.follow(c, g)?;
         self.committed = c;
         self.remaps = m;
-        if !appended_only {
+        let mapped = self.live.as_ref().is_some_and(Live::is_mapped);
+        if same_file && mapped {
+            // The row-id file grew by the other connections' appends; their deletions are the
+            // `<t>_dead` entries past the last one seen. Work in proportion to the change.
+            let ids = self
+                .store()
+                .ids_snapshot(c)
+                .map_err(|e| table_err(&self.name, e))?
+                .unwrap_or_default();
+            let dead = self.dead_table();
+            if let Some(live) = self.live.as_mut() {
+                live.catch_up_mapped(&self.conn, &dead, ids, &self.name)?;
+            }
+        } else if !appended_only {
             self.live = None;
         } else if c > old {
             let rows = self.rows_table();
@@ -367,11 +407,109 @@ impl TableState {
         self.remapping = true;
     }
 
+    /// The row at `slot` was deleted or moved to another slot by this write transaction: readers learn
+    /// it from `<t>_dead` (format 2) or the remap counter, this connection's live set at once.
+    pub(crate) fn record_dead(&mut self, slot: u64) -> rusqlite::Result<()> {
+        self.note_remap();
+        if self.format2 {
+            self.conn
+                .prepare_cached(&format!(
+                    "INSERT INTO {}(slot) VALUES (?1)",
+                    self.dead_table()
+                ))?
+                .execute([slot as i64])?;
+        }
+        if let Some(live) = self.live.as_mut() {
+            live.mark_dead(slot);
+        }
+        Ok(())
+    }
+
+    /// Slots `range` of the current store were appended by this transaction and are no row's any more,
+    /// but could not be truncated away.
+    pub(crate) fn note_orphans(&mut self, range: std::ops::Range<u64>) {
+        if !range.is_empty() {
+            let key = Arc::as_ptr(&self.store) as usize;
+            self.orphans.push((key, range.clone()));
+            if let Some(live) = self.live.as_mut() {
+                for s in range {
+                    live.mark_dead(s);
+                }
+            }
+        }
+    }
+
+    /// The orphaned slots of the current store below `len` ([`TableState::note_orphans`]).
+    fn orphan_slots(&self, len: u64) -> Vec<u64> {
+        let key = Arc::as_ptr(&self.store) as usize;
+        let mut v: Vec<u64> = self
+            .orphans
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .flat_map(|(_, r)| r.start..r.end.min(len))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// A result row `rowid` at `slot` whose row id came from the row-id file, checked against
+    /// `<t>_rows` (one indexed lookup): a damaged or crafted file is an error, never a wrong row.
+    pub(crate) fn check_result_row(&self, rowid: i64, slot: u64) -> rusqlite::Result<()> {
+        use rusqlite::types::Value;
+        let found: Option<Value> = rusqlite::OptionalExtension::optional(
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT slot FROM {} WHERE rowid = ?1",
+                    self.rows_table()
+                ))?
+                .query_row([rowid], |r| r.get(0)),
+        )?;
+        if found == Some(Value::Integer(slot as i64)) {
+            return Ok(());
+        }
+        Err(Error::Corrupt(format!(
+            "phenix table {t}: the row-id file names row {rowid} at slot {slot}, but {t}_rows {}; run phenix_check('{t}')",
+            match found {
+                Some(Value::Integer(s)) => format!("has that row at slot {s}"),
+                Some(v) => format!("has that row with a slot of type {:?} (expected an integer)", v.data_type()),
+                None => "has no such row".to_string(),
+            },
+            t = self.name
+        ))
+        .into())
+    }
+
     fn load_live(&mut self) -> rusqlite::Result<()> {
         // Only slots this connection may read: a `<t>_rows` entry pointing past the committed rows
         // (a crafted or damaged count) is refused here rather than read as another row's vector.
-        let len = self.visible_rows() as usize;
-        self.live = Some(Live::load(&self.conn, &self.rows_table(), len, &self.name)?);
+        let len = self.visible_rows();
+        let ids = if self.format2 {
+            self.store()
+                .ids_snapshot(len)
+                .map_err(|e| table_err(&self.name, e))?
+        } else {
+            None
+        };
+        self.live = Some(match ids {
+            // The row-id file: a map and the deletions since the last compaction.
+            Some(ids) => Live::load_mapped(
+                &self.conn,
+                &self.rows_table(),
+                &self.dead_table(),
+                ids,
+                len as usize,
+                &self.name,
+            )?,
+            None => Live::load(&self.conn, &self.rows_table(), len as usize, &self.name)?,
+        });
+        if self.in_write {
+            for s in self.orphan_slots(len) {
+                if let Some(live) = self.live.as_mut() {
+                    live.mark_dead(s);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -434,8 +572,9 @@ impl Broken {
     }
 }
 
-/// What [`open_existing`] found: table id, committed count, generation and the store.
-type Opened = ([u8; 16], u64, u64, Arc<Mutex<VectorStore>>);
+/// What [`open_existing`] found: table id, committed count, generation, the store and whether the
+/// table is format 2.
+type Opened = ([u8; 16], u64, u64, Arc<Mutex<VectorStore>>, bool);
 
 /// Reads `<t>_info`, checks it (a table id no other table of the schema claims, a committed count,
 /// a generation, format 1, the declared definition) and opens the vector store; `(id, committed,
@@ -465,16 +604,16 @@ fn open_existing(
     let generation = info
         .count(GENERATION)
         .ok_or_else(|| damaged("generation"))?;
-    match info.get(FORMAT) {
-        None => {}
-        Some(rusqlite::types::Value::Integer(f)) if *f as u64 == FORMAT_VERSION && *f >= 0 => {}
-        Some(other) => {
+    let format2 = match info.format() {
+        Some(f) if shadow::format_known(f) => f == FORMAT_MAPPED as i64,
+        _ => {
             return Err(Error::Corrupt(format!(
-                "phenix table {name}: {name}_info names format {other:?}; this phenix reads format {FORMAT_VERSION} only"
+                "phenix table {name}: {name}_info names format {:?}; this phenix reads formats {FORMAT_VERSION} and {FORMAT_MAPPED}",
+                info.get(shadow::FORMAT)
             ))
             .into())
         }
-    }
+    };
     if let Some(d) = info.text(DEFINITION) {
         if d != def.canonical() {
             return Err(Error::InvalidArgument(format!(
@@ -504,6 +643,7 @@ fn open_existing(
                 committed,
                 layout: Some(def.layout),
             },
+            format2,
         )?)),
         None => registry::memory_store(
             &(sidecar::memory_identity(conn, schema), id),
@@ -516,30 +656,49 @@ fn open_existing(
             ))
         })?,
     };
-    Ok((id, committed, generation, store))
+    Ok((id, committed, generation, store, format2))
 }
 
-/// Opens the vector file `want` names, after telling a snapshot conflict apart from a missing file.
+/// Opens the vector file `want` names (and, `ids`, the row-id file beside it), after telling a
+/// snapshot conflict apart from a missing file.
 fn open_file(
     conn: &Connection,
     schema: &str,
     name: &str,
     db: &Path,
     want: &Expected<'_>,
+    ids: bool,
 ) -> rusqlite::Result<VectorStore> {
     let generation = want.generation;
     let path = sidecar::checked_sidecar_path(db, want.id, generation)?;
-    if std::fs::symlink_metadata(&path).is_err()
-        && sidecar::newer_generation_exists(db, want.id, generation)
-    {
-        // A WAL reader whose snapshot predates a compaction that has since committed, and whose old
-        // file the next writer already removed: like SQLite's own SQLITE_BUSY_SNAPSHOT, the caller
-        // retries the read transaction and sees the new generation.
-        return Err(Error::SnapshotConflict(format!(
+    // A WAL reader whose snapshot predates a compaction that has since committed, and whose old files
+    // the next writer already removed (before the open, or between the look and the open): like
+    // SQLite's own SQLITE_BUSY_SNAPSHOT, the caller retries the read transaction and sees the new
+    // generation.
+    let replaced = || {
+        (std::fs::symlink_metadata(&path).is_err()
+            || (ids && std::fs::symlink_metadata(path.with_extension("ids")).is_err()))
+            && sidecar::newer_generation_exists(db, want.id, generation)
+    };
+    let conflict = || -> rusqlite::Error {
+        Error::SnapshotConflict(format!(
             "phenix table {name}: this read transaction's snapshot names vector file generation {generation}, which a later compaction replaced; retry the transaction (busy)"
         ))
-        .into());
+        .into()
+    };
+    if replaced() {
+        return Err(conflict());
     }
     let readonly = conn.is_readonly(schema)?;
-    sidecar::open_vector_file(&path, want, !readonly).map_err(|e| table_err(name, e))
+    let opened = sidecar::open_vector_file(&path, want, !readonly).and_then(|mut s| {
+        if ids {
+            sidecar::open_ids(&mut s, &path, want, !readonly)?;
+        }
+        Ok(s)
+    });
+    match opened {
+        Ok(s) => Ok(s),
+        Err(_) if replaced() => Err(conflict()),
+        Err(e) => Err(table_err(name, e)),
+    }
 }

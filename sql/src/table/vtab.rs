@@ -221,10 +221,7 @@ unsafe impl VTabCursor for PhenixCursor {
     }
 
     fn next(&mut self) -> rusqlite::Result<()> {
-        catch_panic("xNext", || {
-            PhenixCursor::next(self);
-            Ok(())
-        })
+        catch_panic("xNext", || PhenixCursor::next(self))
     }
 
     fn eof(&self) -> bool {

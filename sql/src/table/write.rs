@@ -42,10 +42,7 @@ fn remove_row(st: &mut TableState, rowid: i64) -> rusqlite::Result<()> {
         st.conn()
             .prepare_cached(&format!("DELETE FROM {rows} WHERE rowid = ?1"))?
             .execute([rowid])?;
-        st.note_remap();
-        if let Some(live) = st.live_mut() {
-            live.mark_dead(slot as u64);
-        }
+        st.record_dead(slot as u64)?;
     }
     Ok(())
 }
@@ -135,20 +132,29 @@ pub(crate) fn insert(state: &Mutex<TableState>, args: &Inserts<'_>) -> rusqlite:
         }
     }
     let v = read_vector(&st, arg(args, argv(TableDef::VECTOR_COL)))?;
-    let slot = {
-        let mut s = st.store();
-        s.append(&v).map_err(|e| table_err(st.name(), e))?.start
+    // The row first (SQLite picks the row id), then its vector with the row id beside it.
+    let (enc, slot) = {
+        let s = st.store();
+        (
+            s.encode_rows(&v).map_err(|e| table_err(st.name(), e))?,
+            s.len(),
+        )
     };
-    let rowid = match insert_row(&st, &def, arg(args, 1), slot, |i| {
+    let rowid = insert_row(&st, &def, arg(args, 1), slot, |i| {
         arg(args, argv(TableDef::meta_col(i)))
-    }) {
-        Ok(r) => r,
-        Err(e) => {
-            // Forget the vector just appended (it is past the committed length).
-            let _ = st.store().truncate(slot);
-            return Err(e);
-        }
-    };
+    })?;
+    let appended = st.store().append_encoded_with_ids(&enc, &[rowid]);
+    if let Err(e) = appended {
+        // Forget the row and whatever of the vector was appended (past the committed length).
+        let _ = st.store().truncate(slot);
+        let len = st.store().len();
+        st.note_orphans(slot..len);
+        let _ = st.conn().execute(
+            &format!("DELETE FROM {} WHERE rowid = ?1", st.rows_table()),
+            [rowid],
+        );
+        return Err(table_err(st.name(), e));
+    }
     if let Some(live) = st.live_mut() {
         live.set(slot, rowid);
     }
@@ -185,7 +191,20 @@ pub(crate) fn update(state: &Mutex<TableState>, args: &Updates<'_>) -> rusqlite:
         let v = read_vector(&st, arg(args, vector_arg))?;
         slot = st
             .store()
-            .append(&v)
+            .append_with_ids(&v, &[new_rowid])
+            .map_err(|e| table_err(st.name(), e))?
+            .start;
+    } else if new_rowid != old_rowid && st.store().has_ids() {
+        // A slot's row id never changes in the row-id file (readers map it): the row moves to a new
+        // slot, its vector copied bit for bit.
+        let mut s = st.store();
+        let stride = s.layout().stride();
+        let mut raw = s
+            .read_raw(old_slot as u64)
+            .map_err(|e| table_err(st.name(), e))?;
+        raw.resize(stride, 0);
+        slot = s
+            .append_encoded_with_ids(&raw, &[new_rowid])
             .map_err(|e| table_err(st.name(), e))?
             .start;
     }
@@ -208,8 +227,10 @@ pub(crate) fn update(state: &Mutex<TableState>, args: &Updates<'_>) -> rusqlite:
     );
     vals.push(Value::Integer(old_rowid));
     st.conn().execute(&sql, rusqlite::params_from_iter(vals))?;
+    if slot != old_slot as u64 {
+        st.record_dead(old_slot as u64)?;
+    }
     if let Some(live) = st.live_mut() {
-        live.mark_dead(old_slot as u64);
         live.set(slot, new_rowid);
     }
     Ok(())

@@ -170,13 +170,13 @@ fn hostile_info_values_stay_inside_the_sidecar_directory() {
                 "{key} = {value}: phenix made {n} next to the database"
             );
         }
-        // Inside the sidecar only `<32 hex>.g<N>.phx` files.
+        // Inside the sidecar only `<32 hex>.g<N>.phx` files and their row-id files (`.ids`).
         for (p, _) in snapshot(&dir.join("x.db-phenix")) {
             let f = p.file_name().unwrap().to_string_lossy().into_owned();
             assert!(
                 f.len() > 36
                     && f[..32].bytes().all(|b| b.is_ascii_hexdigit())
-                    && f.ends_with(".phx"),
+                    && (f.ends_with(".phx") || f.ends_with(".ids")),
                 "{key} = {value}: {f}"
             );
             assert_eq!(p.parent().unwrap(), dir.join("x.db-phenix"));

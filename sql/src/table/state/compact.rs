@@ -30,13 +30,14 @@ impl TableState {
         self.begin_write()?;
         // The index (if any) holds every row before it is remapped to the new slots.
         self.prepare_index()?;
-        let slots: Vec<i64> = {
+        // (slot, rowid) of every row, in slot order: the order of the new file.
+        let slots: Vec<(i64, i64)> = {
             let mut st = self.conn.prepare(&format!(
-                "SELECT slot FROM {} ORDER BY slot",
+                "SELECT slot, rowid FROM {} ORDER BY slot",
                 self.rows_table()
             ))?;
             let v = st
-                .query_map([], |r| r.get(0))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             v
         };
@@ -72,18 +73,33 @@ impl TableState {
                     table_id: self.table_id,
                     generation,
                 };
-                VectorStore::create_with_header(&path, header)
-                    .map_err(|e| table_err(&self.name, e))?
+                let mut s = VectorStore::create_with_header(&path, header)
+                    .map_err(|e| table_err(&self.name, e))?;
+                if self.format2() {
+                    // A leftover row-id file of this generation goes with its vector file.
+                    let ids = path.with_extension("ids");
+                    let _ = std::fs::remove_file(&ids);
+                    if let Err(e) = crate::table::sidecar::create_ids(&mut s, &path) {
+                        drop(s);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(table_err(&self.name, e));
+                    }
+                }
+                s
             }
             None => VectorStore::in_memory(layout),
         };
         if let Err(e) = self
             .fill_compacted(&mut new, &slots, generation, COPY_BYTES, &op)
-            .and_then(|()| self.index_compacted(&slots, generation))
+            .and_then(|()| {
+                let old: Vec<i64> = slots.iter().map(|&(s, _)| s).collect();
+                self.index_compacted(&old, generation)
+            })
         {
             if let Some(p) = new.path().map(Path::to_path_buf) {
                 drop(new);
-                let _ = std::fs::remove_file(p);
+                let _ = std::fs::remove_file(&p);
+                let _ = std::fs::remove_file(p.with_extension("ids"));
             }
             return Err(e);
         }
@@ -104,7 +120,7 @@ impl TableState {
     fn fill_compacted(
         &self,
         new: &mut VectorStore,
-        slots: &[i64],
+        slots: &[(i64, i64)],
         generation: u64,
         copy_bytes: usize,
         op: &crate::control::Op,
@@ -114,8 +130,9 @@ impl TableState {
             let n = old.len();
             let view = old.view(n).map_err(|e| table_err(&self.name, e))?;
             let mut buf = Vec::with_capacity(copy_bytes + self.def.layout.stride());
+            let mut ids = Vec::new();
             let mut pending = 0u64;
-            for &slot in slots {
+            for &(slot, rowid) in slots {
                 if slot < 0 || slot as u64 >= n {
                     return Err(table_err(
                         &self.name,
@@ -125,17 +142,19 @@ impl TableState {
                     ));
                 }
                 buf.extend_from_slice(view.raw(slot as usize..slot as usize + 1));
+                ids.push(rowid);
                 pending += 1;
                 if buf.len() >= copy_bytes {
-                    new.append_encoded(&buf)
+                    new.append_encoded_with_ids(&buf, &ids)
                         .map_err(|e| table_err(&self.name, e))?;
                     buf.clear();
+                    ids.clear();
                     op.step(std::mem::take(&mut pending))
                         .map_err(|e| e.in_table(&self.name))?;
                 }
             }
             if !buf.is_empty() {
-                new.append_encoded(&buf)
+                new.append_encoded_with_ids(&buf, &ids)
                     .map_err(|e| table_err(&self.name, e))?;
             }
             op.step(pending).map_err(|e| e.in_table(&self.name))?;
@@ -156,6 +175,16 @@ impl TableState {
             GENERATION,
             generation as i64,
         )?;
+        if self.format2() {
+            // The new file holds live rows only.
+            self.conn.execute(
+                &format!(
+                    "DELETE FROM {}",
+                    shadow::dead_table(&self.schema, &self.name)
+                ),
+                [],
+            )?;
+        }
         Ok(())
     }
 }

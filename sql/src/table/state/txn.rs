@@ -44,11 +44,25 @@ impl TableState {
     /// SQLite restores the shadow tables itself; the live set is reloaded from them.
     fn restore(&mut self, snap: &Snapshot) -> rusqlite::Result<()> {
         self.restore_state(snap);
-        let mut s = self.store();
-        if s.len() > snap.len {
-            s.truncate(snap.len).map_err(Error::from)?;
+        let r = {
+            let mut s = self.store();
+            if s.len() > snap.len {
+                s.truncate(snap.len).map_err(Error::from)
+            } else {
+                Ok(())
+            }
+        };
+        if r.is_err() {
+            self.orphans_past(snap.len);
         }
-        Ok(())
+        Ok(r?)
+    }
+
+    /// Slots of the current store from `len` on stay though no row names them (a truncation failed
+    /// or was skipped): a format-2 table lists them in `<t>_dead` at xSync ([`TableState::note_orphans`]).
+    fn orphans_past(&mut self, len: u64) {
+        let end = self.store().len();
+        self.note_orphans(len..end);
     }
 
     /// The part of [`TableState::restore`] that cannot fail: the store, generation and committed count
@@ -125,6 +139,19 @@ impl TableState {
         if n != self.committed || compacted {
             shadow::set(&self.conn, &self.schema, &self.name, COMMITTED, n as i64)?;
         }
+        if self.format2() {
+            // Slots a failed truncation left behind (see `note_orphans`), past the committed rows.
+            let dead = shadow::dead_table(&self.schema, &self.name);
+            for s in self.orphan_slots(n) {
+                if s >= self.committed {
+                    self.conn
+                        .prepare_cached(&format!("INSERT INTO {dead}(slot) VALUES (?1)"))?
+                        .execute([s as i64])?;
+                    self.remapping = true;
+                }
+            }
+            self.orphans.clear();
+        }
         if self.remapping || compacted {
             let m = shadow::bump_remaps(&self.conn, &self.schema, &self.name)?;
             self.remaps_written = Some(m);
@@ -145,6 +172,7 @@ impl TableState {
                 self.remaps = m;
             }
             self.remapping = false;
+            self.orphans.clear();
             if self.compacted() {
                 // The old file is an orphan now; the next write of this connection removes it.
                 self.orphans_collected = false;
@@ -174,6 +202,8 @@ impl TableState {
         self.in_write = false;
         self.savepoints.clear();
         self.live = None;
+        // Slots past the committed count are the next writer's to truncate.
+        self.orphans.clear();
         r
     }
 
@@ -252,6 +282,7 @@ impl TableState {
                 };
                 if let Some(snap) = snap {
                     self.restore_state(&snap);
+                    self.orphans_past(snap.len);
                 }
                 self.live = None;
             }
@@ -266,6 +297,7 @@ impl TableState {
         self.remapping = false;
         self.remaps_written = None;
         self.live = None;
+        self.orphans.clear();
         // Forces the next read to reload `<t>_info` (and this connection's next write reloads it anyway).
         self.data_version = -1;
         // A compaction's old file (or an undone one's new file) may be an orphan now.
