@@ -332,7 +332,6 @@ fn sidecar_names(db: &Path) -> Vec<String> {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".phx") || n.ends_with(".ivf"))
         .collect();
     v.sort();
     // Each vector file has its row-id file beside it (same name, `.ids`); listed here without them.
