@@ -18,8 +18,7 @@
 //! same as the criterion benchmark. Prints one JSON object per line: `{"what": ..., "seconds": ...,
 //! "gflops": ..., ...}`; GFLOP/s count 2·Q·N·D, as for a GEMM of the same shape.
 
-use faer::{Accum, MatMut, MatRef, Par};
-use phenix_benches::{random_store, random_vec};
+use phenix_benches::{faer_gemm_only, random_store, random_vec};
 use phenix_core::batch::{search_batch_with, unit_peak_gflops, BatchPath, TILE_ROWS};
 use phenix_core::topk::SearchParams;
 use phenix_core::{ElemType, Metric};
@@ -111,35 +110,13 @@ fn main() {
         if name == "faer" {
             // faer's GEMM alone on the same shapes: f32 tiles already converted, no selection.
             let xt: Vec<f32> = random_vec(3, TILE_ROWS * dim);
-            let qt = MatRef::from_row_major_slice(&queries, nq, dim).transpose();
             let tiles = rows / TILE_ROWS;
             let mut times = Vec::new();
             let mut cpus = Vec::new();
             for _ in 0..repeat {
                 let t = Instant::now();
                 let c = process_cpu();
-                std::thread::scope(|s| {
-                    for th in 0..threads {
-                        let xt = &xt;
-                        s.spawn(move || {
-                            let mut out = vec![0f32; TILE_ROWS * nq];
-                            for _ in (th..tiles).step_by(threads) {
-                                let x = MatRef::from_row_major_slice(xt, TILE_ROWS, dim);
-                                let o =
-                                    MatMut::from_column_major_slice_mut(&mut out, TILE_ROWS, nq);
-                                faer::linalg::matmul::matmul(
-                                    o,
-                                    Accum::Replace,
-                                    x,
-                                    qt,
-                                    1.0f32,
-                                    Par::Seq,
-                                );
-                            }
-                            std::hint::black_box(out[0]);
-                        });
-                    }
-                });
+                faer_gemm_only(&xt, &queries, rows, dim, threads);
                 let scale = rows as f64 / (tiles * TILE_ROWS) as f64;
                 times.push(t.elapsed().as_secs_f64() * scale);
                 cpus.push((process_cpu() - c) * scale);

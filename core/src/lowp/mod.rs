@@ -95,6 +95,16 @@ pub(crate) fn bf16_rne(x: f32) -> u16 {
     (b.wrapping_add(r) >> 16) as u16
 }
 
+/// How a scorer treats its operands (the first step of Lemma 1 in docs/design.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Inputs {
+    /// Rounded to `bf16`, exact products, `f32` accumulation, subnormals flushed (the AMX and
+    /// AVX512-BF16 units).
+    Bf16,
+    /// `f32` as given, rounded `f32` products and sums (faer's GEMM).
+    F32,
+}
+
 /// The error constants for one dimension and metric (docs/design.md names them the same way).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bound {
@@ -117,19 +127,26 @@ pub(crate) struct Bound {
 }
 
 impl Bound {
-    /// `dim` the table's dimension, `dp` it rounded up to a multiple of 32 (terms summed by the unit).
-    pub(crate) fn new(metric: Metric, dim: usize, dp: usize) -> Bound {
+    /// `dim` the table's dimension, `dp` the number of terms the scorer sums (`dim` rounded up to a
+    /// multiple of 32 for the units, `dim` for GEMM), `inputs` how the scorer rounds its operands.
+    pub(crate) fn new(metric: Metric, dim: usize, dp: usize, inputs: Inputs) -> Bound {
         let n = dim as f64;
         let np = dp as f64;
-        let u = U_BF16;
-        let e_dot = 2.0 * u + u * u + gamma(np) * (1.0 + u) * (1.0 + u) + 2f64.powi(-100);
+        // bf16 units: operands rounded to bf16 (u = 2^-8), products exact (16 significant bits), n
+        // rounded additions. f32 GEMM: operands used as given (u = 0), each product rounded too, so a
+        // term sees at most n + 1 roundings (any summation order, with or without FMA).
+        let (u, g_sum) = match inputs {
+            Inputs::Bf16 => (U_BF16, gamma(np)),
+            Inputs::F32 => (0.0, gamma(np + 1.0)),
+        };
+        let e_dot = 2.0 * u + u * u + g_sum * (1.0 + u) * (1.0 + u) + 2f64.powi(-100);
         let g_rows = gamma(n);
         // Cosine: queries normalised in f64 (≤ 2^-36), rounded to f32 then bf16; rows normalised with
         // their f32 norm (γ_n), f32 ops and bf16.
         let eps_q = (1.0 + 2f64.powi(-36)) * (1.0 + U_F32) * (1.0 + u) - 1.0;
         let eps_x =
             (1.0 + g_rows) * (1.0 + 2f64.powi(-50)) * (1.0 + U_F32).powi(2) * (1.0 + u) - 1.0;
-        let e_cos = (1.0 + eps_q) * (1.0 + eps_x) * (1.0 + gamma(np)) - 1.0 + 2f64.powi(-99);
+        let e_cos = (1.0 + eps_q) * (1.0 + eps_x) * (1.0 + g_sum) - 1.0 + 2f64.powi(-99);
         let delta_c = 4.0 * gamma(n + 8.0) + 2f64.powi(-60);
         Bound {
             metric,
@@ -231,6 +248,17 @@ impl Bound {
     }
 }
 
+/// Whether a `float32` row is in the range the bound covers: every element zero or of magnitude in
+/// `[2⁻²⁴, 2³²]` (every `float16` row is). Rows outside it are re-scored for every query.
+pub(crate) fn tame_f32(x: &[f32]) -> bool {
+    const LO: f32 = 1.0 / 16_777_216.0; // 2^-24
+    const HI: f32 = 4_294_967_296.0; // 2^32
+    x.iter().fold(true, |ok, &v| {
+        let a = v.abs();
+        ok & (a == 0.0 || (LO..=HI).contains(&a))
+    })
+}
+
 /// What the bound needs to know about one query.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct QueryInfo {
@@ -264,7 +292,7 @@ impl QueryInfo {
     }
 
     /// The `f32` values the unit multiplies (before `bf16` rounding): `q·2^σ`, or `q/|q|` for cosine.
-    fn scaled(&self, metric: Metric, q: &[f32]) -> Vec<f32> {
+    pub(crate) fn scaled(&self, metric: Metric, q: &[f32]) -> Vec<f32> {
         if !self.safe {
             return vec![0.0; q.len()];
         }
@@ -380,101 +408,239 @@ pub(crate) struct Outcome {
     pub(crate) rescored: u64,
 }
 
-/// Everything a scan thread reads.
-struct Ctx<'a, 'v> {
-    unit: Unit,
-    view: &'a RowsView<'v>,
-    kernels: Kernels,
-    metric: Metric,
+/// What every scan thread of a batched search shares, whatever scores the rows (a reduced-precision
+/// unit here, faer's `f32` GEMM in [`crate::batch`]): the queries, the bound, and the exact re-scoring of
+/// the rows the bound keeps.
+pub(crate) struct Shared<'a, 'v> {
+    pub(crate) view: &'a RowsView<'v>,
+    pub(crate) kernels: Kernels,
+    pub(crate) metric: Metric,
     allow: Option<&'a Bitmap>,
     deleted: Option<&'a Bitmap>,
     tmax: f64,
     k: usize,
-    dim: usize,
-    dp: usize,
-    nq: usize,
-    nqp: usize,
-    bound: Bound,
-    info: &'a [QueryInfo],
+    pub(crate) dim: usize,
+    pub(crate) nq: usize,
+    pub(crate) bound: Bound,
+    pub(crate) info: Vec<QueryInfo>,
     /// The queries (row-major) and their `f32` norms as `topk::search` computes them.
     queries: &'a [f32],
-    qnorm: &'a [f32],
-    /// VNNI-packed queries (see `x86`).
-    qv: &'a [u16],
-    /// Per-query α, β (fixed) and the initial θ.
-    alpha: &'a [f32],
-    beta: &'a [f32],
-    theta0: &'a [f32],
+    qnorm: Vec<f32>,
+    /// Per-query α, β (fixed) and the initial θ, padded with never-passing queries to `pad`.
+    pub(crate) alpha: Vec<f32>,
+    pub(crate) beta: Vec<f32>,
+    theta0: Vec<f32>,
 }
 
 /// One thread's running state.
-struct ThreadState {
-    theta: Vec<f32>,
+pub(crate) struct ThreadState {
+    /// Per query, the pre-filter threshold θ for the current bound.
+    pub(crate) theta: Vec<f32>,
     /// Per query, the `k` best rows re-scored so far, by `(D, slot)` with the one-query kernels.
-    tops: Vec<TopK>,
+    pub(crate) tops: Vec<TopK>,
     /// Rows re-scored.
-    rescored: u64,
+    pub(crate) rescored: u64,
+}
+
+impl<'a, 'v> Shared<'a, 'v> {
+    /// `queries` validated (finite, a multiple of the view's dimension); `bound` for the scorer;
+    /// `pad` ≥ the query count, the length of the per-query filter vectors.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        view: &'a RowsView<'v>,
+        queries: &'a [f32],
+        p: &SearchParams<'a>,
+        metric: Metric,
+        kernels: Kernels,
+        allow: Option<&'a Bitmap>,
+        bound: Bound,
+        pad: usize,
+    ) -> Self {
+        let dim = view.layout().dim();
+        let nq = queries.len() / dim;
+        let tmax = p.max_distance.map_or(f64::INFINITY, |t| t as f64);
+        let info: Vec<QueryInfo> = queries
+            .chunks_exact(dim)
+            .map(|q| QueryInfo::new(metric, q))
+            .collect();
+        let pad = pad.max(nq);
+        let mut alpha = vec![0f32; pad];
+        let mut beta = vec![0f32; pad];
+        let mut theta0 = vec![f32::INFINITY; pad];
+        for (qi, q) in info.iter().enumerate() {
+            let (t, a, b) = bound.filter(q, tmax);
+            theta0[qi] = t;
+            alpha[qi] = a;
+            beta[qi] = b;
+        }
+        let qnorm: Vec<f32> = queries
+            .chunks_exact(dim)
+            .map(|q| kernels.norm_squared(q).sqrt())
+            .collect();
+        Shared {
+            view,
+            kernels,
+            metric,
+            allow,
+            deleted: p.deleted,
+            tmax,
+            k: p.k,
+            dim,
+            nq,
+            bound,
+            info,
+            queries,
+            qnorm,
+            alpha,
+            beta,
+            theta0,
+        }
+    }
+
+    /// A fresh thread state.
+    pub(crate) fn state(&self) -> ThreadState {
+        ThreadState {
+            theta: self.theta0.clone(),
+            tops: (0..self.nq).map(|_| TopK::new(self.k, 64)).collect(),
+            rescored: 0,
+        }
+    }
+
+    /// Whether slot `s` may be returned (candidate filter and deleted slots).
+    #[inline]
+    pub(crate) fn allowed(&self, s: usize) -> bool {
+        self.allow.is_none_or(|a| a.contains(s)) && !self.deleted.is_some_and(|d| d.contains(s))
+    }
+
+    /// A score that passed the `f32` filter: if its row's `LD` is within the query's bound `T` (the
+    /// k-th smallest exact distance re-scored so far, or the threshold), re-score the row exactly with
+    /// the one-query kernels and keep it in the query's top-k, which tightens `T`. Memory stays `O(k)`
+    /// per query however many rows tie.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(crate) fn offer(
+        &self,
+        qi: usize,
+        slot: u64,
+        s: f32,
+        xx: f32,
+        x: f32,
+        theta: &mut f32,
+        top: &mut TopK,
+        rescored: &mut u64,
+    ) {
+        let q = &self.info[qi];
+        let ld = self.bound.lower(q, s, xx, x);
+        let t = (top.worst() as f64).min(self.tmax);
+        if ld > t || ld.is_nan() {
+            return;
+        }
+        self.rescore(qi, slot, theta, top, rescored);
+    }
+
+    /// Re-scores row `slot` for query `qi` exactly and offers it to the query's top-k (rows the bound
+    /// does not cover go straight here).
+    #[inline]
+    pub(crate) fn rescore(
+        &self,
+        qi: usize,
+        slot: u64,
+        theta: &mut f32,
+        top: &mut TopK,
+        rescored: &mut u64,
+    ) {
+        *rescored += 1;
+        let d = self.kernels.distance(
+            self.metric,
+            &self.queries[qi * self.dim..(qi + 1) * self.dim],
+            self.qnorm[qi],
+            self.view.row(slot as usize),
+        );
+        // As `topk::search`: rows at or past the threshold (and NaN) never enter.
+        if self.tmax < f64::INFINITY && (d.is_nan() || d as f64 >= self.tmax) {
+            return;
+        }
+        let before = top.worst();
+        top.push(d, slot);
+        let after = top.worst();
+        if after != before {
+            *theta = self
+                .bound
+                .filter(&self.info[qi], (after as f64).min(self.tmax))
+                .0;
+        }
+    }
+
+    /// Merges the threads' top-k lists; queries outside the bound's range go to `topk::search`.
+    pub(crate) fn finish(&self, states: Vec<ThreadState>, p: &SearchParams<'_>) -> Outcome {
+        let mut tops: Vec<Option<TopK>> = (0..self.nq).map(|_| None).collect();
+        let mut rescored = 0u64;
+        for st in states {
+            rescored += st.rescored;
+            for (qi, top) in st.tops.into_iter().enumerate() {
+                match &mut tops[qi] {
+                    Some(t) => t.merge(top),
+                    None => tops[qi] = Some(top),
+                }
+            }
+        }
+        let mut hits = Vec::with_capacity(self.nq);
+        for (qi, top) in tops.into_iter().enumerate() {
+            if !self.info[qi].safe {
+                let q = &self.queries[qi * self.dim..(qi + 1) * self.dim];
+                let mut sp = *p;
+                sp.candidates = match self.allow {
+                    Some(b) => crate::topk::Candidates::Bitmap(b),
+                    None => crate::topk::Candidates::All,
+                };
+                sp.kernels = Some(self.kernels);
+                sp.metric = Some(self.metric);
+                hits.push(search(self.view, q, &sp).expect("validated query"));
+                continue;
+            }
+            hits.push(top.map_or_else(Vec::new, TopK::into_sorted));
+        }
+        Outcome { hits, rescored }
+    }
+}
+
+/// Everything a unit scan thread reads.
+struct Ctx<'s, 'a, 'v> {
+    sh: &'s Shared<'a, 'v>,
+    unit: Unit,
+    dp: usize,
+    nqp: usize,
+    /// VNNI-packed queries (see `x86`).
+    qv: &'s [u16],
 }
 
 /// The reduced-precision batch search. `queries` are validated (finite, a multiple of `dim`); the view
 /// holds `float16` rows.
-pub(crate) fn search_batch(
+pub(crate) fn search_batch<'a>(
     unit: Unit,
-    view: &RowsView<'_>,
-    queries: &[f32],
-    p: &SearchParams<'_>,
+    view: &'a RowsView<'_>,
+    queries: &'a [f32],
+    p: &SearchParams<'a>,
     metric: Metric,
     kernels: Kernels,
-    allow: Option<&Bitmap>,
+    allow: Option<&'a Bitmap>,
 ) -> Outcome {
     let dim = view.layout().dim();
     let nq = queries.len() / dim;
     let dp = dim.div_ceil(32) * 32;
     let nqp = nq.div_ceil(32) * 32;
-    let bound = Bound::new(metric, dim, dp);
-    let tmax = p.max_distance.map_or(f64::INFINITY, |t| t as f64);
-    let info: Vec<QueryInfo> = queries
-        .chunks_exact(dim)
-        .map(|q| QueryInfo::new(metric, q))
-        .collect();
-    let qv_buf = pack_queries(&info, metric, queries, dim, dp, nqp);
-    let mut alpha = vec![0f32; nqp];
-    let mut beta = vec![0f32; nqp];
-    let mut theta0 = vec![f32::INFINITY; nqp];
-    for (qi, q) in info.iter().enumerate() {
-        let (t, a, b) = bound.filter(q, tmax);
-        theta0[qi] = t;
-        alpha[qi] = a;
-        beta[qi] = b;
-    }
-    let qnorm: Vec<f32> = queries
-        .chunks_exact(dim)
-        .map(|q| kernels.norm_squared(q).sqrt())
-        .collect();
+    let bound = Bound::new(metric, dim, dp, Inputs::Bf16);
+    let sh = Shared::new(view, queries, p, metric, kernels, allow, bound, nqp);
+    let qv_buf = pack_queries(&sh.info, metric, queries, dim, dp, nqp);
     let rows = view.rows();
     let nblocks = rows.div_ceil(RB);
     let threads = p.threads.max(1).min(nblocks.max(1));
     let ctx = Ctx {
+        sh: &sh,
         unit,
-        view,
-        kernels,
-        metric,
-        allow,
-        deleted: p.deleted,
-        tmax,
-        k: p.k,
-        dim,
         dp,
-        nq,
         nqp,
-        bound,
-        info: &info,
-        queries,
-        qnorm: &qnorm,
         qv: qv_buf.as_slice(),
-        alpha: &alpha,
-        beta: &beta,
-        theta0: &theta0,
     };
     let next = AtomicUsize::new(0);
     let states: Vec<ThreadState> = if threads == 1 {
@@ -494,16 +660,12 @@ pub(crate) fn search_batch(
             v
         })
     };
-    ctx.finish(states, p)
+    sh.finish(states, p)
 }
 
-impl Ctx<'_, '_> {
+impl Ctx<'_, '_, '_> {
     fn scan(&self, next: &AtomicUsize, nblocks: usize) -> ThreadState {
-        let mut st = ThreadState {
-            theta: self.theta0.to_vec(),
-            tops: (0..self.nq).map(|_| TopK::new(self.k, 64)).collect(),
-            rescored: 0,
-        };
+        let mut st = self.sh.state();
         #[cfg(target_arch = "x86_64")]
         {
             let _guard = match self.unit {
@@ -533,15 +695,13 @@ impl Ctx<'_, '_> {
     #[cfg(target_arch = "x86_64")]
     fn block(&self, b: usize, buf: &mut Buffers, st: &mut ThreadState) {
         let r0 = b * RB;
-        let t = RB.min(self.view.rows() - r0);
+        let t = RB.min(self.sh.view.rows() - r0);
         let tp = t.div_ceil(32) * 32;
         let dp = self.dp;
         let mut any = false;
         for j in 0..tp {
             let s = r0 + j;
-            let ok = j < t
-                && self.allow.is_none_or(|a| a.contains(s))
-                && !self.deleted.is_some_and(|d| d.contains(s));
+            let ok = j < t && self.sh.allowed(s);
             let ks = dp / 32;
             let (rt, m) = (j / 16, j % 16);
             if !ok {
@@ -555,20 +715,20 @@ impl Ctx<'_, '_> {
                 continue;
             }
             any = true;
-            let row = self.view.row(s);
+            let row = self.sh.view.row(s);
             // Squared norm (f32, any summation order: the bound uses only its γ_m error).
             let xx = match row {
                 // SAFETY: both units imply AVX512-F/BW/BF16 (checked before the search started).
                 Row::F16(x) => unsafe { x86::f16_norm_squared(x) },
-                Row::F32(x) => self.kernels.norm_squared(x),
+                Row::F32(x) => self.sh.kernels.norm_squared(x),
             };
-            let (fa, fb, x) = self.bound.row_terms(xx);
+            let (fa, fb, x) = self.sh.bound.row_terms(xx);
             buf.fa[j] = fa;
             buf.fb[j] = fb;
             buf.live[j] = 0xFFFF;
             buf.xx[j] = xx;
             buf.x[j] = x;
-            let scale = if self.metric == Metric::Cosine {
+            let scale = if self.sh.metric == Metric::Cosine {
                 if xx > 0.0 {
                     (1.0 / (xx as f64).sqrt()) as f32
                 } else {
@@ -586,8 +746,8 @@ impl Ctx<'_, '_> {
                 }
                 Row::F32(x) => {
                     let w = &mut buf.wide[..dp];
-                    w[..self.dim].copy_from_slice(x);
-                    w[self.dim..].fill(0.0);
+                    w[..self.sh.dim].copy_from_slice(x);
+                    w[self.sh.dim..].fill(0.0);
                     put_row(&mut buf.xb, j, dp, w, scale);
                 }
             }
@@ -655,7 +815,7 @@ impl Ctx<'_, '_> {
         let hit = |r: usize, j: usize, s: f32| {
             let qi = q0 + j;
             let row = rows + r;
-            self.offer(
+            self.sh.offer(
                 qi,
                 (r0 + row) as u64,
                 s,
@@ -666,7 +826,7 @@ impl Ctx<'_, '_> {
                 rescored,
             );
         };
-        let (al, be) = (&self.alpha[q0..q0 + 32], &self.beta[q0..q0 + 32]);
+        let (al, be) = (&self.sh.alpha[q0..q0 + 32], &self.sh.beta[q0..q0 + 32]);
         let (fa, fb, live) = (
             &buf.fa[rows..rows + 32],
             &buf.fb[rows..rows + 32],
@@ -674,7 +834,7 @@ impl Ctx<'_, '_> {
         );
         // SAFETY: AVX-512F is present (both units imply it).
         unsafe {
-            match self.metric {
+            match self.sh.metric {
                 Metric::Cosine => {
                     x86::filter_block::<false, false>(c, &th, al, be, fa, fb, live, hit)
                 }
@@ -682,80 +842,6 @@ impl Ctx<'_, '_> {
                 Metric::L2 => x86::filter_block::<true, true>(c, &th, al, be, fa, fb, live, hit),
             }
         }
-    }
-
-    /// A score that passed the `f32` filter: if its row's `LD` is within the query's bound `T` (the
-    /// k-th smallest exact distance re-scored so far, or the threshold), re-score the row exactly with
-    /// the one-query kernels and keep it in the query's top-k, which tightens `T`. Memory stays `O(k)`
-    /// per query however many rows tie.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn offer(
-        &self,
-        qi: usize,
-        slot: u64,
-        s: f32,
-        xx: f32,
-        x: f32,
-        theta: &mut f32,
-        top: &mut TopK,
-        rescored: &mut u64,
-    ) {
-        let q = &self.info[qi];
-        let ld = self.bound.lower(q, s, xx, x);
-        let t = (top.worst() as f64).min(self.tmax);
-        if ld > t || ld.is_nan() {
-            return;
-        }
-        *rescored += 1;
-        let d = self.kernels.distance(
-            self.metric,
-            &self.queries[qi * self.dim..(qi + 1) * self.dim],
-            self.qnorm[qi],
-            self.view.row(slot as usize),
-        );
-        // As `topk::search`: rows at or past the threshold (and NaN) never enter.
-        if self.tmax < f64::INFINITY && (d.is_nan() || d as f64 >= self.tmax) {
-            return;
-        }
-        let before = top.worst();
-        top.push(d, slot);
-        let after = top.worst();
-        if after != before {
-            *theta = self.bound.filter(q, (after as f64).min(self.tmax)).0;
-        }
-    }
-
-    /// Merges the threads' top-k lists; queries outside the bound's range go to `topk::search`.
-    fn finish(&self, states: Vec<ThreadState>, p: &SearchParams<'_>) -> Outcome {
-        let mut tops: Vec<Option<TopK>> = (0..self.nq).map(|_| None).collect();
-        let mut rescored = 0u64;
-        for st in states {
-            rescored += st.rescored;
-            for (qi, top) in st.tops.into_iter().enumerate() {
-                match &mut tops[qi] {
-                    Some(t) => t.merge(top),
-                    None => tops[qi] = Some(top),
-                }
-            }
-        }
-        let mut hits = Vec::with_capacity(self.nq);
-        for (qi, top) in tops.into_iter().enumerate() {
-            if !self.info[qi].safe {
-                let q = &self.queries[qi * self.dim..(qi + 1) * self.dim];
-                let mut sp = *p;
-                sp.candidates = match self.allow {
-                    Some(b) => crate::topk::Candidates::Bitmap(b),
-                    None => crate::topk::Candidates::All,
-                };
-                sp.kernels = Some(self.kernels);
-                sp.metric = Some(self.metric);
-                hits.push(search(self.view, q, &sp).expect("validated query"));
-                continue;
-            }
-            hits.push(top.map_or_else(Vec::new, TopK::into_sorted));
-        }
-        Outcome { hits, rescored }
     }
 }
 
@@ -854,7 +940,7 @@ mod tests {
                 continue;
             }
             for metric in [Metric::Dot, Metric::Cosine] {
-                let bound = Bound::new(metric, dim, dp);
+                let bound = Bound::new(metric, dim, dp, Inputs::Bf16);
                 let mut worst: f64 = 0.0;
                 for trial in 0..20 {
                     // 32 rows (f16 values) and 32 queries (f32), mixed magnitudes and cancellation.
