@@ -678,12 +678,19 @@ impl Ctx<'_, '_, '_> {
                 Unit::Avx512Bf16 => None,
             };
             let mut buf = Buffers::new(self.dp);
-            loop {
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                if b >= nblocks {
-                    break;
-                }
-                self.block(b, &mut buf, &mut st);
+            // The next block is claimed before this one is scored, so its rows can be prefetched
+            // while the unit works.
+            let mut b = next.fetch_add(1, Ordering::Relaxed);
+            while b < nblocks {
+                let nb = next.fetch_add(1, Ordering::Relaxed);
+                let ahead = if nb < nblocks {
+                    let r0 = nb * RB;
+                    self.sh.view.raw(r0..(r0 + RB).min(self.sh.view.rows()))
+                } else {
+                    &[]
+                };
+                self.block(b, ahead, &mut buf, &mut st);
+                b = nb;
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -694,9 +701,10 @@ impl Ctx<'_, '_, '_> {
         st
     }
 
-    /// Converts rows `[RB·b, RB·b + RB)` and scores them against every query.
+    /// Converts rows `[RB·b, RB·b + RB)` and scores them against every query, prefetching the bytes
+    /// `ahead` (the next block's rows) into L2 while the unit works.
     #[cfg(target_arch = "x86_64")]
-    fn block(&self, b: usize, buf: &mut Buffers, st: &mut ThreadState) {
+    fn block(&self, b: usize, ahead: &[u8], buf: &mut Buffers, st: &mut ThreadState) {
         let r0 = b * RB;
         let t = RB.min(self.sh.view.rows() - r0);
         let tp = t.div_ceil(32) * 32;
@@ -775,8 +783,19 @@ impl Ctx<'_, '_, '_> {
         // while the vector code filters, and the filter never reads a buffer the unit just wrote.
         let mut pending: Option<(usize, usize, usize)> = None;
         let pairs = (tp / 32) * (self.nqp / 32);
+        // Cache lines of `ahead` to prefetch per block pair, so all are requested by the end.
+        let lines = ahead.len().div_ceil(64);
+        let per_pair = lines.div_ceil(pairs.max(1));
         for i in 0..=pairs {
             let cur = i % 2;
+            for l in (i * per_pair..((i + 1) * per_pair).min(lines)).map(|l| l * 64) {
+                // SAFETY: `l < ahead.len()`; a prefetch never faults and changes no state.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                        ahead.as_ptr().add(l) as *const i8,
+                    )
+                };
+            }
             if i < pairs {
                 let (qp, rp) = (i / (tp / 32), i % (tp / 32));
                 let b0 = &self.qv[(2 * qp) * ks * 512..];
