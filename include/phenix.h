@@ -21,6 +21,7 @@
 
 /* sqlite3.h declares the opaque sqlite3_api_routines; sqlite3ext.h is for extensions, not for you. */
 #include <sqlite3.h>
+#include <stdint.h>
 
 /* The version of this header; phenix_version() returns the library's. */
 #define PHENIX_VERSION "0.1.0"
@@ -54,6 +55,27 @@ int phenix_load_onnxruntime(const char *path, char **info, char **err);
  * negative = unchanged. Returns 0, or 1 and the reason in *err (if not NULL; free with phenix_free()).
  */
 int phenix_set_threads(int knn_threads, int onnx_threads, char **err);
+
+/*
+ * Progress and cancellation of long phenix work: KNN scans, phenix_retrieve_all,
+ * phenix_embed_molecules, compaction ('optimize') and phenix_backup.
+ *
+ * sqlite3_interrupt(db) stops them within a chunk of rows (the statement fails with SQLITE_INTERRUPT,
+ * changing nothing) on SQLite >= 3.41; older SQLite cannot tell phenix, so the work runs to its end
+ * and SQLite then reports the interrupt. The progress callback works on every SQLite and can stop the
+ * work on any of them.
+ *
+ * The callback is process-wide (one for all connections; `db` says which one) and is called on the
+ * thread running the statement, from operations that run at least interval_ms: at most once per
+ * interval_ms while they run, and once more with done == total when such an operation finishes.
+ * `op` is "knn", "retrieve_all", "embed_molecules", "optimize" or "backup" (valid during the call);
+ * done never decreases and never exceeds total; only done / total is meant to be shown. Return 0 to
+ * go on, non-zero to stop the operation (SQLITE_INTERRUPT). The callback must not use `db`. NULL
+ * removes it. Returns 0.
+ */
+typedef int (*phenix_progress_fn)(void *ctx, sqlite3 *db, const char *op, uint64_t done,
+                                  uint64_t total);
+int phenix_set_progress(phenix_progress_fn cb, void *ctx, unsigned interval_ms);
 
 /* Frees a string returned by phenix_load_onnxruntime() or phenix_set_threads(); NULL is ignored. */
 void phenix_free(char *p);

@@ -1,10 +1,12 @@
-//! phenix-core benchmarks: kernel throughput, exact top-k against the memory-bandwidth baseline, and
+//! phenix-core benchmarks: kernel throughput, exact top-k against the memory-bandwidth baseline (with and
+//! without a cancellation control), and
 //! batched top-k against faer's plain GEMM. Run: `cargo bench -p phenix-benches --bench core`.
 //! Set PHENIX_BENCH_QUICK=1 to skip the 1M-row groups.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use phenix_benches::{faer_gemm_only, random_store, random_vec, read_and_sum};
 use phenix_core::batch::{search_batch_with, BatchPath, TILE_ROWS};
+use phenix_core::control::Control;
 use phenix_core::topk::{search, SearchParams};
 use phenix_core::{ElemType, Kernels, Metric};
 use std::hint::black_box;
@@ -65,6 +67,25 @@ fn exact_topk(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("topk10_cosine", threads), |b| {
                 let mut p = SearchParams::new(10);
                 p.threads = threads;
+                b.iter(|| black_box(search(&view, &q, &p).expect("search")))
+            });
+            // The same search polled once per chunk by a control doing what phenix-sql's does (an
+            // atomic flag, the thread's id, a clock read): the cost of being interruptible.
+            g.bench_function(BenchmarkId::new("topk10_cosine_control", threads), |b| {
+                let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (f, start, me) = (
+                    flag.clone(),
+                    std::time::Instant::now(),
+                    std::thread::current().id(),
+                );
+                let control = Control::new(move |_| {
+                    let mine = std::thread::current().id() == me;
+                    black_box((mine, start.elapsed()));
+                    !f.load(std::sync::atomic::Ordering::Relaxed)
+                });
+                let mut p = SearchParams::new(10);
+                p.threads = threads;
+                p.control = Some(&control);
                 b.iter(|| black_box(search(&view, &q, &p).expect("search")))
             });
         }

@@ -217,6 +217,7 @@ pub fn search_batch_with(
             ));
         }
         let out = lowp::search_batch(unit, view, queries, p, metric, kernels, allow);
+        crate::control::check(p.control)?;
         return Ok((
             out.hits,
             BatchStats {
@@ -235,6 +236,7 @@ pub fn search_batch_with(
         return Ok((Vec::new(), stats));
     }
     let out = gemm(view, queries, p, metric, kernels, allow);
+    crate::control::check(p.control)?;
     let stats = BatchStats {
         path: BatchPath::Gemm,
         rescored: out.rescored,
@@ -330,6 +332,10 @@ fn scan_tiles(
         }
         let r0 = tile * TILE_ROWS;
         let t = TILE_ROWS.min(rows - r0);
+        // Stopped: leave (the caller then returns `Cancelled`).
+        if !crate::control::step(sh.control, t as u64) {
+            break;
+        }
         wild.clear();
         let mut any = false;
         for j in 0..t {

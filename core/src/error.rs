@@ -77,6 +77,10 @@ pub enum Error {
         /// Rows the caller declared committed.
         committed: u64,
     },
+    /// The work was stopped through its [`crate::control::Control`] (an interrupt or a progress hook
+    /// asking to stop) before it finished; nothing it would have returned is returned.
+    #[error("interrupted")]
+    Cancelled,
     /// A vector of the wrong length was given.
     #[error("vector has {found} dimensions, expected {expected}")]
     DimMismatch {

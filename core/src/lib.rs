@@ -8,6 +8,7 @@
 //! - [`kernels`]: dot, cosine and L2 between an `f32` query and `f16`/`f32` rows, with run-time dispatch
 //!   to AVX-512F, AVX2+FMA+F16C or portable code.
 //! - [`topk`]: exact top-k with candidate filters, deleted slots, a distance threshold and threads.
+//! - [`control`]: stopping (interrupts) and watching (progress) long scans, polled once per chunk.
 //! - [`batch`]: top-k for many queries at once: AMX-BF16 / AVX512-BF16 scoring with an exact re-rank
 //!   where the CPU has the unit, blocked `f32` GEMM (faer) otherwise.
 //!
@@ -29,6 +30,7 @@
 
 pub mod batch;
 pub mod bitmap;
+pub mod control;
 mod crc32;
 mod error;
 pub mod fault;

@@ -8,6 +8,7 @@
 //! qualifying row without allocating for `k`.
 
 use crate::bitmap::Bitmap;
+use crate::control::{self, Control};
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
 use crate::store::RowsView;
@@ -45,6 +46,9 @@ pub struct SearchParams<'a> {
     pub threads: usize,
     /// The kernels to use; `None` uses [`Kernels::best`].
     pub kernels: Option<Kernels>,
+    /// Polled once per chunk of rows (positions of the candidate span) to stop early or report
+    /// progress; `None` (the default) costs nothing. A stopped search returns [`Error::Cancelled`].
+    pub control: Option<&'a Control>,
 }
 
 impl<'a> SearchParams<'a> {
@@ -58,6 +62,7 @@ impl<'a> SearchParams<'a> {
             max_distance: None,
             threads: 1,
             kernels: None,
+            control: None,
         }
     }
 }
@@ -216,7 +221,21 @@ pub fn search(view: &RowsView<'_>, query: &[f32], p: &SearchParams<'_>) -> Resul
     };
     let top = if threads == 1 {
         let mut top = TopK::new(p.k, total + 1);
-        scan(0, span, &mut top);
+        match p.control {
+            None => scan(0, span, &mut top),
+            Some(c) => {
+                // The same positions in chunks, asking the control after each.
+                let mut a = 0;
+                while a < span {
+                    let b = span.min(a + CHUNK_ROWS);
+                    scan(a, b, &mut top);
+                    if !c.step((b - a) as u64) {
+                        break;
+                    }
+                    a = b;
+                }
+            }
+        }
         top
     } else {
         // Threads take chunks from a shared counter rather than fixed halves, so a thread that the OS
@@ -231,7 +250,11 @@ pub fn search(view: &RowsView<'_>, query: &[f32], p: &SearchParams<'_>) -> Resul
                 if c >= chunks {
                     break;
                 }
-                scan(c * chunk, ((c + 1) * chunk).min(span), &mut top);
+                let (a, b) = (c * chunk, ((c + 1) * chunk).min(span));
+                scan(a, b, &mut top);
+                if !control::step(p.control, (b - a) as u64) {
+                    break;
+                }
             }
             top
         };
@@ -244,6 +267,7 @@ pub fn search(view: &RowsView<'_>, query: &[f32], p: &SearchParams<'_>) -> Resul
             first
         })
     };
+    control::check(p.control)?;
     Ok(top.into_sorted())
 }
 

@@ -1,5 +1,5 @@
 //! The C API beside the entry point, declared in `include/phenix.h`: the version, loading ONNX
-//! Runtime from code, and the thread settings. None of these touch SQLite, so they may be called
+//! Runtime from code, the thread settings and the progress callback. None of these touch SQLite, so they may be called
 //! before any connection exists. Strings they return are freed with [`phenix_free`].
 
 use std::ffi::{c_char, c_int, CStr, CString};
@@ -164,4 +164,62 @@ mod tests {
         assert_eq!(phenix_sql::settings::knn_threads(), 2);
         assert_eq!(phenix_sql::settings::onnx_threads(), 1);
     }
+}
+
+/// The C progress callback of `include/phenix.h`: non-zero stops the operation.
+pub type ProgressCallback = unsafe extern "C" fn(
+    ctx: *mut std::ffi::c_void,
+    db: *mut rusqlite::ffi::sqlite3,
+    op: *const c_char,
+    done: u64,
+    total: u64,
+) -> c_int;
+
+/// Installs (or with `cb` NULL removes) the process-wide progress callback: called on the thread
+/// running the statement, for every connection, from long phenix operations (KNN scans,
+/// `phenix_retrieve_all`, `phenix_embed_molecules`, `'optimize'`, `phenix_backup`) at most once per
+/// `interval_ms` milliseconds while they run, and once more with `done == total` when one that was
+/// reported finishes. A non-zero return stops the operation: its statement fails with
+/// `SQLITE_INTERRUPT`. `ctx` is passed back unchanged. Returns 0.
+///
+/// # Safety
+/// `cb` is NULL or a function of this signature that may be called from any thread running phenix
+/// SQL until it is replaced (and for operations already running then); `ctx` stays valid as long.
+#[no_mangle]
+pub unsafe extern "C" fn phenix_set_progress(
+    cb: Option<ProgressCallback>,
+    ctx: *mut std::ffi::c_void,
+    interval_ms: u32,
+) -> c_int {
+    let every = std::time::Duration::from_millis(interval_ms.into());
+    let Some(cb) = cb else {
+        phenix_sql::control::set_progress(None, every);
+        return 0;
+    };
+    let ctx = ctx as usize;
+    // Operation names are few and static: one C string each, made once.
+    let names: std::sync::Mutex<Vec<(String, CString)>> = std::sync::Mutex::new(Vec::new());
+    let f = move |p: &phenix_sql::control::Progress<'_>| {
+        let mut n = names.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match n.iter().position(|(s, _)| s == p.op) {
+            Some(i) => i,
+            None => {
+                n.push((p.op.to_string(), CString::new(p.op).unwrap_or_default()));
+                n.len() - 1
+            }
+        };
+        // A CString's bytes stay where they are when the vector grows, and entries are never removed.
+        let op = n[i].1.as_ptr();
+        drop(n);
+        // SAFETY: the caller promised `cb` and `ctx` stay valid while installed; `op` points into
+        // `names`, which this closure owns, for the call.
+        let rc = unsafe { cb(ctx as *mut std::ffi::c_void, p.db, op, p.done, p.total) };
+        if rc == 0 {
+            std::ops::ControlFlow::Continue(())
+        } else {
+            std::ops::ControlFlow::Break(())
+        }
+    };
+    phenix_sql::control::set_progress(Some(std::sync::Arc::new(f)), every);
+    0
 }

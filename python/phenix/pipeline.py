@@ -173,14 +173,19 @@ def run_evaluate(db: str, bundle: Path, cols: Columns, split: str = "all", norma
                       [(i + 1, str(s), float(u)) for i, (s, u) in enumerate(zip(smiles, um))])
         c.execute(f"CREATE VIRTUAL TABLE cands USING phenix(embedding float16[{dim}] distance=cosine)")
         c.execute(f"CREATE VIRTUAL TABLE queries USING phenix(embedding float16[{dim}] distance=cosine)")
-        c.execute("INSERT INTO cands(rowid, embedding) SELECT id, embedding "
-                  "FROM phenix_embed_molecules('eval', 'SELECT id, smiles, um FROM src')")
+        # One long statement each: their bar comes from libphenix's progress callback.
+        from .progress import bar as sql_bar
+        with sql_bar("evaluate", disable=not progress):
+            c.execute("INSERT INTO cands(rowid, embedding) SELECT id, embedding "
+                      "FROM phenix_embed_molecules('eval', 'SELECT id, smiles, um FROM src')")
         c.executemany("INSERT INTO queries(rowid, embedding) VALUES (?, phenix_embed_phenomics('eval', ?))",
                       [(i + 1, q[i].tobytes()) for i in range(n)])
         c.commit()
         rank = np.full(n, np.inf)
-        for qid, rid, rk in c.execute("SELECT query_rowid, rowid, rank FROM phenix_retrieve_all('cands', 'queries', ?)",
-                                      (k5,)):
+        with sql_bar("evaluate", disable=not progress):
+            hits = c.execute("SELECT query_rowid, rowid, rank FROM phenix_retrieve_all('cands', 'queries', ?)",
+                             (k5,)).fetchall()
+        for qid, rid, rk in hits:
             if qid == rid:
                 rank[qid - 1] = rk
         zm = np.stack([np.frombuffer(b, "<f2") for (b,) in c.execute("SELECT embedding FROM cands ORDER BY rowid")])
@@ -321,6 +326,16 @@ def run_screen(db: str, model: str, library: Optional[str], doses: list[float], 
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS screen_batch(id INTEGER PRIMARY KEY, smiles TEXT, um REAL, "
                      "compound TEXT)")
         bar = tqdm(total=total, desc="embedding library", unit="mol", disable=not progress, mininterval=1.0)
+        if progress:
+            # A batch is one long statement: libphenix's progress callback moves the bar within it.
+            from .progress import set_progress
+
+            def within_batch(op: str, done_rows: int, _total: int) -> bool:
+                if op == "embed_molecules":
+                    bar.update(max(0, batch_start + done_rows // nd - bar.n))
+                return False
+
+            set_progress(within_batch, 500)
         pos = 0
         skipped = 0
         nd = len(doses)
@@ -332,6 +347,7 @@ def run_screen(db: str, model: str, library: Optional[str], doses: list[float], 
                 continue
             rows = [((start + i) * nd + j + 1, s, float(d), ids[i] if ids[i] is not None else str(start + i + 1))
                     for i, s in enumerate(smis) if start + i >= done for j, d in enumerate(doses)]
+            batch_start = bar.n
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("DELETE FROM temp.screen_batch")
@@ -354,7 +370,9 @@ def run_screen(db: str, model: str, library: Optional[str], doses: list[float], 
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            bar.update(len(smis))
+            bar.update(batch_start + len(smis) - bar.n)
+        if progress:
+            set_progress(None)
         bar.close()
         stats.update(library_rows=pos, candidates=conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0],
                      skipped_bad_smiles=skipped, embed_seconds=time.time() - t0)

@@ -371,6 +371,9 @@ fn type_name(v: ValueRef<'_>) -> &'static str {
     }
 }
 
+/// Molecules embedded per model call by `phenix_embed_molecules`.
+const EMBED_BATCH: usize = 128;
+
 /// Rows of the inner query, embedded in batches.
 fn embed_rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>> {
     let f = "phenix_embed_molecules";
@@ -437,7 +440,16 @@ fn embed_rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<
     }
     let dim = m.dim();
     let mut rows = Vec::with_capacity(items.len());
-    for chunk in items.chunks(1024) {
+    // Progress counts molecules; an interrupt stops the work between batches. A batch of 128 takes
+    // tens of milliseconds and already fills the model's threads.
+    // SAFETY: only the handle's address is used (to read its interrupt flag).
+    let op = crate::control::Op::begin(
+        unsafe { conn.handle() },
+        "embed_molecules",
+        items.len() as u64,
+    );
+    op.check()?;
+    for chunk in items.chunks(EMBED_BATCH) {
         let pairs: Vec<(&str, f64)> = chunk.iter().map(|(_, s, c)| (s.as_str(), *c)).collect();
         let emb = m
             .embed_molecules(&pairs)
@@ -450,6 +462,8 @@ fn embed_rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<
                 Value::Blob(encode_f16(e)),
             ]);
         }
+        op.step(chunk.len() as u64)?;
     }
+    op.finish();
     Ok(rows)
 }

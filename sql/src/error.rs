@@ -14,6 +14,7 @@
 //! | a store opened read-only asked to write | `SQLITE_READONLY` | |
 //! | other I/O failures | `SQLITE_ERROR` | a failed `write` or `fsync` |
 //! | a panic inside phenix | `SQLITE_ERROR` | `phenix: internal error in xFilter: …` |
+//! | long work stopped by `sqlite3_interrupt` or the progress callback | `SQLITE_INTERRUPT` | `phenix: interrupted` |
 //!
 //! I/O failures are deliberately not `SQLITE_IOERR`: SQLite treats that code (like `SQLITE_FULL` and
 //! `SQLITE_NOMEM`) as fatal to the whole transaction and rolls it back, whereas phenix leaves the
@@ -37,6 +38,9 @@ pub enum Error {
     /// (`SQLITE_MISMATCH`).
     #[error("phenix: {0}")]
     Mismatch(String),
+    /// A bad column definition in `CREATE VIRTUAL TABLE … USING phenix(…)` (`SQLITE_ERROR`).
+    #[error("phenix: {0}")]
+    Schema(#[from] crate::table::schema::SchemaError),
     /// A vector value that cannot be decoded (`SQLITE_ERROR`).
     #[error(transparent)]
     Vector(#[from] VectorError),
@@ -70,6 +74,10 @@ pub enum Error {
         /// The panic message.
         detail: String,
     },
+    /// Long work stopped by `sqlite3_interrupt` or the progress callback (`SQLITE_INTERRUPT`); see
+    /// [`crate::control`].
+    #[error("phenix: interrupted")]
+    Interrupted,
     /// An internal invariant did not hold (`SQLITE_INTERNAL`).
     #[error("phenix: internal: {0}")]
     Internal(String),
@@ -94,14 +102,17 @@ impl Error {
     pub fn code(&self) -> i32 {
         use phenix_core::Error as C;
         match self {
-            Error::InvalidArgument(_) | Error::Vector(_) | Error::Io(_) | Error::Panic { .. } => {
-                ffi::SQLITE_ERROR
-            }
+            Error::InvalidArgument(_)
+            | Error::Schema(_)
+            | Error::Vector(_)
+            | Error::Io(_)
+            | Error::Panic { .. } => ffi::SQLITE_ERROR,
             Error::Mismatch(_) => ffi::SQLITE_MISMATCH,
             Error::Corrupt(_) => ffi::SQLITE_CORRUPT_VTAB,
             Error::CantOpen(_) => ffi::SQLITE_CANTOPEN,
             Error::SnapshotConflict(_) => ffi::SQLITE_BUSY,
             Error::Internal(_) => ffi::SQLITE_INTERNAL,
+            Error::Interrupted => ffi::SQLITE_INTERRUPT,
             Error::Store { source, .. } => match source {
                 C::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                     ffi::SQLITE_CANTOPEN
@@ -113,6 +124,7 @@ impl Error {
                 | C::Truncated { .. }
                 | C::SlotOutOfRange { .. } => ffi::SQLITE_CORRUPT_VTAB,
                 C::ReadOnly(_) => ffi::SQLITE_READONLY,
+                C::Cancelled => ffi::SQLITE_INTERRUPT,
                 _ => ffi::SQLITE_ERROR,
             },
             Error::Sqlite(e) => e
@@ -138,6 +150,7 @@ impl Error {
             Error::SnapshotConflict(m) => Error::SnapshotConflict(wrap(m)),
             Error::Io(m) => Error::Io(wrap(m)),
             Error::Internal(m) => Error::Internal(wrap(m)),
+            Error::Interrupted => Error::Interrupted,
             Error::Store { context, source } => Error::Store {
                 context: format!("{prefix}{context}"),
                 source,
@@ -230,6 +243,15 @@ pub fn catch_panic<T>(what: &str, f: impl FnOnce() -> rusqlite::Result<T>) -> ru
     }
 }
 
+/// A place inside a callback where the test-only `panic-test` feature can make it panic (armed as
+/// `"<callback>: <place>"`, e.g. `"xCommit: store committed"`), to check that a failure part-way
+/// through leaves consistent state. Does nothing without the feature.
+#[inline(always)]
+pub(crate) fn panic_point(_what: &str) {
+    #[cfg(feature = "panic-test")]
+    panic_test::hit(_what);
+}
+
 /// Registers scalar function `name` with its body inside [`catch_panic`] (rusqlite's own unwind catch
 /// would report a panic as `SQLITE_CONSTRAINT_FUNCTION` without the `phenix: ` prefix).
 pub(crate) fn create_scalar<F, T>(
@@ -243,7 +265,23 @@ where
     F: Fn(&rusqlite::functions::Context<'_>) -> rusqlite::Result<T> + Send + 'static,
     T: rusqlite::functions::SqlFnOutput,
 {
-    conn.create_scalar_function(name, n_arg, flags, move |ctx| catch_panic(name, || f(ctx)))
+    conn.create_scalar_function(name, n_arg, flags, move |ctx| {
+        catch_panic(name, || f(ctx)).map_err(scalar_error)
+    })
+}
+
+/// A scalar function's error as rusqlite should report it. rusqlite calls `sqlite3_result_error_code`
+/// and then `sqlite3_result_error`, which sets the code back to `SQLITE_ERROR`; an interrupt keeps
+/// `SQLITE_INTERRUPT` by going without a message (SQLite then says `interrupted`).
+pub(crate) fn scalar_error(e: rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, Some(_))
+            if f.code == rusqlite::ErrorCode::OperationInterrupted =>
+        {
+            rusqlite::Error::SqliteFailure(f, None)
+        }
+        e => e,
+    }
 }
 
 /// An aggregate (or window) function whose callbacks run inside [`catch_panic`] under `name`:

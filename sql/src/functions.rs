@@ -349,7 +349,7 @@ where
         name,
         n_arg,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY,
-        move |ctx| catch_panic(&what, || x_func(ctx)),
+        move |ctx| catch_panic(&what, || x_func(ctx)).map_err(crate::error::scalar_error),
     )
 }
 

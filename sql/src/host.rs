@@ -30,6 +30,46 @@ pub(crate) fn host_api() -> *mut std::ffi::c_void {
     HOST_API.load(std::sync::atomic::Ordering::Acquire)
 }
 
+/// `sqlite3_is_interrupted(db)`: SQLite >= 3.41.0 ([`IS_INTERRUPTED_SINCE`]).
+pub(crate) type IsInterrupted =
+    unsafe extern "C" fn(*mut rusqlite::ffi::sqlite3) -> std::ffi::c_int;
+
+/// The first SQLite with `sqlite3_is_interrupted` (3.41.0).
+pub const IS_INTERRUPTED_SINCE: i32 = 3_041_000;
+
+/// `sqlite3_is_interrupted`, linked directly in-process.
+#[cfg(not(feature = "loadable"))]
+pub(crate) fn is_interrupted_fn() -> Option<IsInterrupted> {
+    Some(rusqlite::ffi::sqlite3_is_interrupted)
+}
+
+/// `sqlite3_is_interrupted` from the host's API table, where it is the entry at byte offset 2128 on
+/// 64-bit hosts (`offsetof` in the 3.41 to 3.53 headers: the table only grows at its end). Hosts
+/// older than 3.41 have a shorter table, so the version is checked before that entry is read: `None`
+/// there (and when no table was recorded).
+#[cfg(feature = "loadable")]
+pub(crate) fn is_interrupted_fn() -> Option<IsInterrupted> {
+    const _: () = assert!(std::mem::size_of::<usize>() == 8);
+    let api = host_api();
+    if api.is_null() || host_version() < IS_INTERRUPTED_SINCE {
+        return None;
+    }
+    // SAFETY: `api` is the host's sqlite3_api_routines (recorded by the entry point), of a version
+    // >= 3.41 (checked above), whose entry at this offset is `is_interrupted` (or null).
+    unsafe {
+        let f = *(api.cast::<u8>().add(2128) as *const *const std::ffi::c_void);
+        (!f.is_null()).then(|| std::mem::transmute::<*const std::ffi::c_void, IsInterrupted>(f))
+    }
+}
+
+/// The SQLite version phenix runs on (`sqlite3_libversion_number()` of the host, or of the bundled
+/// SQLite in-process).
+pub fn host_version() -> i32 {
+    // SAFETY: takes no arguments; in the loadable build rusqlite routes it through the host's table,
+    // which the entry point set up before any phenix function can run.
+    unsafe { rusqlite::ffi::sqlite3_libversion_number() }
+}
+
 /// `3040001` → `3.40.1`.
 pub fn version_string(number: i32) -> String {
     format!(

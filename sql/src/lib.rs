@@ -2,7 +2,7 @@
 //!
 //! The SQLite surface of phenix: the vector SQL functions ([`functions`]), the parsing of vector
 //! arguments ([`vector`]), the `phenix` virtual table (`src/table/`, internal), the encoder functions
-//! ([`models`]), and the one [`register`] function that installs all of it on a connection. It owns no storage or search code (that is `phenix-core`) and no
+//! ([`encoders`]), and the one [`register`] function that installs all of it on a connection. It owns no storage or search code (that is `phenix-core`) and no
 //! model code (`phenix-models`).
 //!
 //! The same [`register`] serves two builds, chosen by exactly one cargo feature:
@@ -36,6 +36,7 @@ compile_error!(
 
 pub mod analysis;
 pub(crate) mod args;
+pub mod control;
 pub mod encoders;
 pub mod error;
 pub mod functions;
@@ -53,8 +54,16 @@ pub fn memory_store_alive(id: &str) -> bool {
     table::registry::memory_store_alive(id)
 }
 
+/// The bytes of rows in the in-memory vectors of the phenix table with table id `id`, or `None` once
+/// this process no longer holds them: for tests that measure what `DROP TABLE` frees.
+#[doc(hidden)]
+pub fn memory_store_bytes(id: &str) -> Option<u64> {
+    table::registry::memory_store_bytes(id)
+}
+
 pub use error::{catch_panic, sql_error, sqlite_owned_cstring, Error, Result};
 pub use functions::{create_path_function, path_arg};
+pub use table::schema::SchemaError;
 pub use vector::{decode_vector, decode_vector_into, parse_vector, Decoded, Encoding, VectorError};
 
 /// This library's version (`SELECT phenix_version()` returns the same).

@@ -41,6 +41,42 @@ pub trait TableFunction: 'static {
     fn rows(conn: &Connection, args: &[ValueRef<'_>]) -> rusqlite::Result<Vec<Vec<Value>>>;
 }
 
+/// xBestIndex of a table-valued function whose `args` arguments are the hidden columns after its
+/// `visible` columns, all required: binds each `=` constraint on them to `argv[1..=args]` in column
+/// order (omitted from SQLite's re-check) and sets the plan's cost and row estimate. Returns false
+/// (the plan is unusable) when an argument has no `=` constraint or an unusable one, so SQLite picks a
+/// plan that supplies them all.
+pub(crate) fn bind_arguments(
+    info: &mut IndexInfo,
+    visible: c_int,
+    args: c_int,
+    cost: f64,
+    rows: i64,
+) -> bool {
+    let mut slots = vec![None; args as usize];
+    for (i, c) in info.constraints().enumerate() {
+        let arg = c.column() - visible;
+        if (0..args).contains(&arg) && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+        {
+            if !c.is_usable() {
+                return false;
+            }
+            slots[arg as usize] = Some(i);
+        }
+    }
+    let Some(slots) = slots.into_iter().collect::<Option<Vec<usize>>>() else {
+        return false;
+    };
+    for (n, i) in (1..).zip(slots) {
+        let mut u = info.constraint_usage(i);
+        u.set_argv_index(n);
+        u.set_omit(true);
+    }
+    info.set_estimated_cost(cost);
+    info.set_estimated_rows(rows);
+    true
+}
+
 /// The virtual table of a [`TableFunction`].
 #[repr(C)]
 pub struct Tvf<F: TableFunction> {
@@ -50,11 +86,13 @@ pub struct Tvf<F: TableFunction> {
     f: PhantomData<F>,
 }
 
-/// Its cursor over materialised rows.
+/// Its cursor over materialised rows. It borrows the table's connection: SQLite closes every cursor
+/// of a table before it disconnects the table (rusqlite ties the cursor's lifetime to the table's
+/// `open(&'vtab mut self)` borrow), so no raw pointer is needed.
 #[repr(C)]
-pub struct TvfCursor<F: TableFunction> {
+pub struct TvfCursor<'vtab, F: TableFunction> {
     base: sqlite3_vtab_cursor,
-    conn: *const Connection,
+    conn: &'vtab Connection,
     rows: Vec<Vec<Value>>,
     pos: usize,
     f: PhantomData<F>,
@@ -63,7 +101,7 @@ pub struct TvfCursor<F: TableFunction> {
 // SAFETY: `Tvf` is `#[repr(C)]` with `sqlite3_vtab` as its first field.
 unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
     type Aux = ();
-    type Cursor = TvfCursor<F>;
+    type Cursor = TvfCursor<'vtab, F>;
 
     fn connect(
         db: &mut VTabConnection,
@@ -95,34 +133,11 @@ unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
         catch_panic(F::NAME, || {
-            let mut slots = vec![None; F::ARGS as usize];
-            for (i, c) in info.constraints().enumerate() {
-                let arg = c.column() - F::VISIBLE;
-                if (0..F::ARGS).contains(&arg)
-                    && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
-                {
-                    if !c.is_usable() {
-                        return Ok(false);
-                    }
-                    slots[arg as usize] = Some(i);
-                }
-            }
-            // Every argument is required; a plan without one is unusable.
-            let Some(slots) = slots.into_iter().collect::<Option<Vec<usize>>>() else {
-                return Ok(false);
-            };
-            for (n, i) in (1..).zip(slots) {
-                let mut u = info.constraint_usage(i);
-                u.set_argv_index(n);
-                u.set_omit(true);
-            }
-            info.set_estimated_cost(F::COST);
-            info.set_estimated_rows(F::ROWS);
-            Ok(true)
+            Ok(bind_arguments(info, F::VISIBLE, F::ARGS, F::COST, F::ROWS))
         })
     }
 
-    fn open(&'vtab mut self) -> rusqlite::Result<TvfCursor<F>> {
+    fn open(&'vtab mut self) -> rusqlite::Result<TvfCursor<'vtab, F>> {
         catch_panic(F::NAME, || {
             Ok(TvfCursor {
                 base: sqlite3_vtab_cursor::default(),
@@ -136,13 +151,11 @@ unsafe impl<'vtab, F: TableFunction> VTab<'vtab> for Tvf<F> {
 }
 
 // SAFETY: `TvfCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` as its first field.
-unsafe impl<F: TableFunction> VTabCursor for TvfCursor<F> {
+unsafe impl<F: TableFunction> VTabCursor for TvfCursor<'_, F> {
     fn filter(&mut self, _n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
         catch_panic(F::NAME, || {
-            // SAFETY: a cursor never outlives its table, which owns the connection wrapper.
-            let conn = unsafe { &*self.conn };
             let vals: Vec<ValueRef<'_>> = args.iter().collect();
-            self.rows = F::rows(conn, &vals)?;
+            self.rows = F::rows(self.conn, &vals)?;
             self.pos = 0;
             Ok(())
         })

@@ -580,6 +580,91 @@ fn memory_tables_free_their_vectors_on_close_and_drop() {
     assert!(!alive(&id) && !alive(&idu), "DROP TABLE kept the vectors");
 }
 
+/// `DROP TABLE` of an in-memory table inside a transaction frees its vectors when the drop commits
+/// (they used to stay until the connection closed), and keeps them while the drop can still roll back:
+/// a ROLLBACK or a ROLLBACK TO a savepoint before the drop brings the table back with its rows.
+/// Measured as the bytes this process holds for the table's id, for `:memory:` main tables, temp
+/// tables, attached `:memory:` databases and drops inside savepoints.
+#[test]
+fn memory_tables_dropped_in_a_transaction_free_their_vectors_at_commit() {
+    let bytes = |id: &str| phenix_sql::memory_store_bytes(id);
+    let rows = 50;
+    // float32[64]: 256 bytes a row, a multiple of the 64-byte stride.
+    let fill = |c: &Connection, t: &str| {
+        c.execute_batch(&format!(
+            "CREATE VIRTUAL TABLE {t} USING phenix(v float32[64] distance=l2)"
+        ))
+        .unwrap();
+        for i in 0..rows {
+            c.execute(
+                &format!("INSERT INTO {t}(rowid, v) VALUES (?1, ?2)"),
+                rusqlite::params![i, json(&rand_vec(i as u64, 64))],
+            )
+            .unwrap();
+        }
+    };
+    let knn = |c: &Connection, t: &str| -> Vec<i64> {
+        ids(
+            c,
+            &format!(
+                "SELECT rowid FROM {t} WHERE v MATCH '{}' AND k = 3",
+                json(&rand_vec(7, 64))
+            ),
+        )
+    };
+    let full = (rows * 256) as u64;
+    for (t, attach) in [("t", false), ("temp.u", false), ("m.w", true)] {
+        let c = mem();
+        if attach {
+            c.execute_batch("ATTACH ':memory:' AS m").unwrap();
+        }
+        fill(&c, t);
+        let id = table_id(&c, t);
+        let before = knn(&c, t);
+        assert_eq!(bytes(&id), Some(full), "{t}");
+        // Rolled back: the table and its vectors stay.
+        c.execute_batch(&format!("BEGIN; DROP TABLE {t};")).unwrap();
+        assert_eq!(
+            bytes(&id),
+            Some(full),
+            "{t}: freed before the drop committed"
+        );
+        c.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(bytes(&id), Some(full), "{t}");
+        assert_eq!(knn(&c, t), before, "{t}: after a rolled-back DROP");
+        // Rolled back to a savepoint opened before the drop, then committed: the table stays.
+        c.execute_batch(&format!(
+            "BEGIN; SAVEPOINT a; DROP TABLE {t}; ROLLBACK TO a; COMMIT;"
+        ))
+        .unwrap();
+        assert_eq!(bytes(&id), Some(full), "{t}: ROLLBACK TO freed the vectors");
+        assert_eq!(knn(&c, t), before, "{t}: after ROLLBACK TO before the DROP");
+        // A drop inside a savepoint that is released, then committed: freed at the COMMIT.
+        c.execute_batch(&format!("BEGIN; SAVEPOINT a; DROP TABLE {t}; RELEASE a;"))
+            .unwrap();
+        assert_eq!(bytes(&id), Some(full), "{t}: freed before the COMMIT");
+        c.execute_batch("COMMIT").unwrap();
+        assert_eq!(bytes(&id), None, "{t}: the committed DROP kept the vectors");
+        // Made again under the same name, dropped in a plain transaction.
+        fill(&c, t);
+        let id = table_id(&c, t);
+        assert_eq!(bytes(&id), Some(full), "{t}");
+        c.execute_batch(&format!("BEGIN; DROP TABLE {t}; COMMIT;"))
+            .unwrap();
+        assert_eq!(bytes(&id), None, "{t}: the committed DROP kept the vectors");
+    }
+    // A temp table of a connection whose main database is a file the transaction writes anyway.
+    let d = TempDir::new("adv-dropmem");
+    let c = open(&d.0.join("m.db"));
+    c.execute_batch("CREATE TABLE x(a)").unwrap();
+    fill(&c, "temp.u");
+    let id = table_id(&c, "temp.u");
+    assert_eq!(bytes(&id), Some(full));
+    c.execute_batch("BEGIN; INSERT INTO x VALUES (1); DROP TABLE temp.u; COMMIT;")
+        .unwrap();
+    assert_eq!(bytes(&id), None, "the committed DROP kept the vectors");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Backup
 

@@ -46,6 +46,27 @@ static float rnd(void) {
 #define N 500
 #define DIM 16
 
+/* A progress display: what a desktop app's progress bar would get. */
+struct progress {
+    int calls;
+    int stop;                /* non-zero: ask phenix to stop at the first report */
+    int went_back;           /* done decreased or passed total: must stay 0 */
+    uint64_t done, total;
+    char op[32];
+};
+
+static int on_progress(void *ctx, sqlite3 *db, const char *op, uint64_t done, uint64_t total) {
+    struct progress *p = ctx;
+    (void)db; /* which connection; the callback must not use it */
+    if (p->calls > 0 && strcmp(p->op, op) == 0 && done < p->done) p->went_back = 1;
+    if (done > total) p->went_back = 1;
+    p->calls++;
+    p->done = done;
+    p->total = total;
+    snprintf(p->op, sizeof p->op, "%s", op);
+    return p->stop; /* non-zero: the statement fails with SQLITE_INTERRUPT */
+}
+
 int main(int argc, char **argv) {
     const char *path = argc > 1 ? argv[1] : "phenix_demo.db";
     sqlite3 *db;
@@ -129,6 +150,34 @@ int main(int argc, char **argv) {
         CHECK(fabs(d - bestd[k]) < 1e-5 * (1 + bestd[k]), "KNN rank %d: distance %g, brute force %g", k, d, bestd[k]);
     }
     CHECK(sqlite3_step(st) == SQLITE_DONE, "KNN returns 5 rows");
+    sqlite3_finalize(st);
+
+    /* Progress: every chunk here (0 ms); a desktop app would pass 100 or so. */
+    struct progress prog = {0};
+    phenix_set_progress(on_progress, &prog, 0);
+    sqlite3_prepare_v2(db, "SELECT count(*) FROM phenix_retrieve_all('items', 'items', 3)", -1, &st, 0);
+    rc = sqlite3_step(st);
+    CHECK(rc == SQLITE_ROW && sqlite3_column_int(st, 0) == 3 * N, "retrieve_all: %s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    CHECK(prog.calls >= 2 && !prog.went_back, "progress reported in order (%d calls)", prog.calls);
+    CHECK(strcmp(prog.op, "retrieve_all") == 0 && prog.done == prog.total && prog.total == 2 * N,
+          "progress ends at the total: %s %llu/%llu", prog.op, (unsigned long long)prog.done,
+          (unsigned long long)prog.total);
+
+    /* Cancelling from the callback works on every SQLite (this one may be older than 3.41). */
+    prog = (struct progress){.stop = 1};
+    sqlite3_prepare_v2(db, "SELECT count(*) FROM phenix_retrieve_all('items', 'items', 3)", -1, &st, 0);
+    rc = sqlite3_step(st);
+    CHECK(rc == SQLITE_INTERRUPT, "stopped by the callback: %d %s", rc, sqlite3_errmsg(db));
+    printf("stopped by the progress callback: %s\n", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    CHECK(prog.calls == 1, "one report, then stopped (%d)", prog.calls);
+    phenix_set_progress(NULL, NULL, 0);
+
+    /* The table is unchanged and usable. */
+    sqlite3_prepare_v2(db, "SELECT count(*) FROM items WHERE v MATCH ? AND k = 5", -1, &st, 0);
+    sqlite3_bind_blob(st, 1, q, sizeof q, SQLITE_STATIC);
+    CHECK(sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) == 5, "after the stop: %s", sqlite3_errmsg(db));
     sqlite3_finalize(st);
 
     /* An embedding with the compiled-in model, stored and searched. */

@@ -8,9 +8,14 @@ SQLite 3.40.1), in rollback-journal and WAL mode.
   committed transaction whole, nothing of the one in flight), every vector must equal its source to f16
   rounding, KNN must reach every row, ``phenix_check`` must say ``ok``, and the next writer must work.
   ``PHENIX_KILL_TRIALS`` trials per journal mode (12 by default: 24 in CI; the documented full run uses
-  100, i.e. 200 trials).
+  100, i.e. 200 trials). The same harness runs on a table with an IVF index (``index=ivf(lists=4)``;
+  the writer also rebuilds the index and queries it inside its transactions) with a third of the trials:
+  after the kill, KNN through the index (every list probed) must reach every row, ``phenix_check`` must
+  accept the snapshot, and the next writer must leave exactly one vector file and one snapshot.
 - Concurrency: three reader processes query in read transactions while a writer inserts, deletes and
-  compacts; every snapshot they see holds whole transactions only, with intact vectors.
+  compacts; every snapshot they see holds whole transactions only, with intact vectors. Once more (WAL)
+  on a table with an IVF index the writer also rebuilds: every reader's index query returns only rows
+  of its snapshot, k of them, none nearer than the exact answer's row of the same rank.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ WRITER = COMMON + textwrap.dedent(
     """
     import random, sys
     db, ext, mode, trial = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    INDEXED = sys.argv[5] == "1"
     c = connect(db, ext, mode)
     rnd = random.Random(trial)
     state = {r: (s, t) for r, s, t in c.execute("SELECT rowid, src, tag FROM t")}
@@ -90,6 +96,13 @@ WRITER = COMMON + textwrap.dedent(
                 del new[r]
             else:
                 c.execute("INSERT INTO t(t) VALUES ('optimize')")
+            if INDEXED and rnd.random() < 0.05:
+                try:
+                    c.execute("INSERT INTO t(t) VALUES ('build-index')")
+                except sqlite3.OperationalError as e:
+                    assert "needs at least" in str(e), e
+            if INDEXED and rnd.random() < 0.05:
+                c.execute("SELECT rowid FROM t WHERE v MATCH ? AND k = 3", (vec(),)).fetchall()
         if rnd.random() < 0.08:
             c.execute("INSERT INTO t(t) VALUES ('optimize')")
         c.execute("INSERT INTO ledger(tx, n, digest) VALUES (?, ?, ?)", (tx, len(new), digest(new)))
@@ -114,26 +127,29 @@ def _digest(rows) -> str:
     return h.hexdigest()
 
 
-def _sidecars(db):
+def _sidecars(db, ext=".phx"):
     d = f"{db}-phenix"
-    return sorted(f for f in os.listdir(d) if f.endswith(".phx")) if os.path.isdir(d) else []
+    return sorted(f for f in os.listdir(d) if f.endswith(ext)) if os.path.isdir(d) else []
 
 
+@pytest.mark.parametrize("indexed", [False, True], ids=["exact", "ivf"])
 @pytest.mark.parametrize("mode", ["delete", "wal"])
-def test_sigkill_at_random_moments_loses_no_committed_transaction(ext, tmp_path, mode):
+def test_sigkill_at_random_moments_loses_no_committed_transaction(ext, tmp_path, mode, indexed):
     db = tmp_path / "k.db"
     c = _connect(ext, db)
     c.execute(f"PRAGMA journal_mode={mode}")
-    c.execute("CREATE VIRTUAL TABLE t USING phenix(v float16[8], tag TEXT, +src TEXT)")
+    index = ", index=ivf(lists=4)" if indexed else ""
+    c.execute(f"CREATE VIRTUAL TABLE t USING phenix(v float16[8], tag TEXT, +src TEXT{index})")
     c.execute("CREATE TABLE ledger(tx INTEGER PRIMARY KEY, n INTEGER, digest TEXT)")
     c.close()
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     rng = np.random.default_rng(11 if mode == "wal" else 5)
-    stats = {"trials": 0, "reported": 0, "in_flight_committed": 0, "compactions": 0}
-    for trial in range(1, TRIALS + 1):
+    stats = {"trials": 0, "reported": 0, "in_flight_committed": 0, "compactions": 0, "snapshots": 0}
+    trials = max(4, TRIALS // 3) if indexed else TRIALS
+    for trial in range(1, trials + 1):
         p = subprocess.Popen(
-            [sys.executable, str(script), str(db), str(ext), mode, str(trial)],
+            [sys.executable, str(script), str(db), str(ext), mode, str(trial), "1" if indexed else "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -166,6 +182,13 @@ def test_sigkill_at_random_moments_loses_no_committed_transaction(ext, tmp_path,
         q = "[" + ",".join(["0.5"] * DIM) + "]"
         knn = c.execute(f"SELECT rowid FROM t WHERE v MATCH '{q}' AND k = 1000000").fetchall()
         assert sorted(knn) == sorted((r[0],) for r in rows)
+        if indexed and len(rows) > 1:
+            # Through the index (every list probed, a shortlist of the whole table): the exact answer,
+            # so no committed row is missing from the index and no dead one is served.
+            k = len(rows) - 1
+            via = c.execute(f"SELECT rowid, distance FROM t WHERE v MATCH '{q}' AND k = {k} AND nprobe = 4").fetchall()
+            ex = c.execute(f"SELECT rowid, distance FROM t WHERE v MATCH '{q}' AND k = {k} AND exact = 1").fetchall()
+            assert via == ex
         assert c.execute("SELECT phenix_check('t')").fetchone()[0] == "ok"
         gen = c.execute("SELECT value FROM t_info WHERE key = 'generation'").fetchone()[0]
         stats["compactions"] = gen
@@ -175,16 +198,25 @@ def test_sigkill_at_random_moments_loses_no_committed_transaction(ext, tmp_path,
         c.execute("DELETE FROM t WHERE rowid = -1")
         table_id = c.execute("SELECT value FROM t_info WHERE key = 'table_id'").fetchone()[0]
         assert _sidecars(db) == [f"{table_id}.g{gen}.phx"]
+        snap = c.execute("SELECT value FROM t_info WHERE key = 'index_gen'").fetchone()
+        if indexed and snap is not None:
+            stats["snapshots"] = snap[0]
+            assert _sidecars(db, ".ivf") == [f"{table_id}.g{gen}.i{snap[0]}.ivf"]
+        else:
+            assert _sidecars(db, ".ivf") == []
         c.close()
     print(f"{mode}: {stats}")
     assert stats["reported"] > 0
     assert stats["compactions"] > 0
+    if indexed:
+        assert stats["snapshots"] > 0
 
 
 READER = COMMON + textwrap.dedent(
     """
     import struct, sys, time
     db, ext, mode, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    INDEXED = sys.argv[5] == "1"
     c = connect(db, ext, mode)
     q = "[" + ",".join(["0.25"] * 8) + "]"
     snapshots = busy = 0
@@ -195,6 +227,9 @@ READER = COMMON + textwrap.dedent(
             rows = c.execute("SELECT rowid, v, src FROM t").fetchall()
             knn = c.execute(f"SELECT rowid FROM t WHERE v MATCH '{q}' AND k = 1000000").fetchall()
             tags = c.execute("SELECT tag, count(*) FROM t GROUP BY tag").fetchall()
+            if INDEXED:
+                via = c.execute(f"SELECT rowid, distance FROM t WHERE v MATCH '{q}' AND k = 5 AND nprobe = 2").fetchall()
+                ex = c.execute(f"SELECT rowid, distance FROM t WHERE v MATCH '{q}' AND k = 5 AND exact = 1").fetchall()
             c.execute("COMMIT")
         except sqlite3.OperationalError as e:
             if c.in_transaction:
@@ -206,6 +241,12 @@ READER = COMMON + textwrap.dedent(
         # Whole transactions only: every tag (one per writer transaction) has 10 rows.
         assert all(n == 10 for _, n in tags), tags
         assert sorted(r for (r,) in knn) == sorted(r for r, _, _ in rows)
+        if INDEXED:
+            # The index of this snapshot: only its live rows, k of them when k exist, each no nearer
+            # than the exact answer's row of the same rank.
+            live = {r for r, _, _ in rows}
+            assert len(via) == min(5, len(rows)) and all(r in live for r, _ in via), (via, len(rows))
+            assert all(a[1] >= b[1] - 1e-6 for a, b in zip(via, ex)), (via, ex)
         for _, blob, src in rows:
             want = [float(x) for x in json.loads(src)]
             got = struct.unpack(f"<{len(blob) // 2}e", blob)
@@ -216,18 +257,19 @@ READER = COMMON + textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode", ["delete", "wal"])
-def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compacts(ext, tmp_path, mode):
+@pytest.mark.parametrize("mode,indexed", [("delete", False), ("wal", False), ("wal", True)])
+def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compacts(ext, tmp_path, mode, indexed):
     db = tmp_path / "c.db"
     c = _connect(ext, db)
     c.execute(f"PRAGMA journal_mode={mode}")
-    c.execute("CREATE VIRTUAL TABLE t USING phenix(v float16[8], tag TEXT, +src TEXT)")
+    index = ", index=ivf(lists=4)" if indexed else ""
+    c.execute(f"CREATE VIRTUAL TABLE t USING phenix(v float16[8], tag TEXT, +src TEXT{index})")
     script = tmp_path / "reader.py"
     script.write_text(READER)
     seconds = 4.0
     readers = [
         subprocess.Popen(
-            [sys.executable, str(script), str(db), str(ext), mode, str(seconds)],
+            [sys.executable, str(script), str(db), str(ext), mode, str(seconds), "1" if indexed else "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -236,7 +278,7 @@ def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compa
     ]
     rng = np.random.default_rng(1)
     end = time.time() + seconds + 0.5
-    tx = inserts = deletes = compactions = busy = 0
+    tx = inserts = deletes = compactions = busy = builds = 0
     live = []
     while time.time() < end:
         tx += 1
@@ -253,6 +295,10 @@ def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compa
                 c.execute("INSERT INTO t(t) VALUES ('optimize')")
                 c.execute("COMMIT")
                 compactions += 1
+            elif indexed and action < 0.42 and len(live) > 0:
+                c.execute("INSERT INTO t(t) VALUES ('build-index')")
+                c.execute("COMMIT")
+                builds += 1
             else:
                 tag = f"tx{tx}"
                 for v in np.round(rng.uniform(-1, 1, size=(10, DIM)), 3):
@@ -275,3 +321,5 @@ def test_readers_see_whole_transactions_while_a_writer_inserts_deletes_and_compa
     assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 10 * len(live)
     print(f"{mode}: writer {inserts} inserts, {deletes} deletes, {compactions} compactions, {busy} busy; readers (snapshots, busy) {results}")
     assert compactions > 0 and all(s > 0 for s, _ in results)
+    if indexed:
+        assert builds > 0

@@ -433,6 +433,8 @@ pub(crate) struct Shared<'a, 'v> {
     pub(crate) alpha: Vec<f32>,
     pub(crate) beta: Vec<f32>,
     theta0: Vec<f32>,
+    /// Polled after each block of rows (the caller returns `Cancelled` once it stopped).
+    pub(crate) control: Option<&'a crate::control::Control>,
 }
 
 /// One thread's running state.
@@ -497,6 +499,7 @@ impl<'a, 'v> Shared<'a, 'v> {
             alpha,
             beta,
             theta0,
+            control: p.control,
         }
     }
 
@@ -598,7 +601,8 @@ impl<'a, 'v> Shared<'a, 'v> {
                 };
                 sp.kernels = Some(self.kernels);
                 sp.metric = Some(self.metric);
-                hits.push(search(self.view, q, &sp).expect("validated query"));
+                // Validated queries fail only when stopped (the caller then returns `Cancelled`).
+                hits.push(search(self.view, q, &sp).unwrap_or_default());
                 continue;
             }
             hits.push(top.map_or_else(Vec::new, TopK::into_sorted));
@@ -690,6 +694,10 @@ impl Ctx<'_, '_, '_> {
                     &[]
                 };
                 self.block(b, ahead, &mut buf, &mut st);
+                let rows = RB.min(self.sh.view.rows() - b * RB);
+                if !crate::control::step(self.sh.control, rows as u64) {
+                    break;
+                }
                 b = nb;
             }
         }

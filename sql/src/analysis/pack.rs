@@ -10,13 +10,13 @@
 use super::{arg_err, type_name, AnalysisError};
 use crate::error::catch_panic;
 use crate::error::create_scalar;
-use crate::tvf::{TableFunction, Tvf};
+use crate::tvf::{bind_arguments, TableFunction, Tvf};
 use crate::vector::encode_f32;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module,
-    VTab, VTabConfig, VTabConnection, VTabCursor,
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexInfo, Module, VTab, VTabConfig,
+    VTabConnection, VTabCursor,
 };
 use rusqlite::Connection;
 use std::borrow::Cow;
@@ -238,11 +238,11 @@ pub struct PackTab {
     conn: Connection,
 }
 
-/// Its cursor.
+/// Its cursor, borrowing the table's connection (SQLite closes a table's cursors before the table).
 #[repr(C)]
-pub struct PackCursor {
+pub struct PackCursor<'vtab> {
     base: sqlite3_vtab_cursor,
-    conn: *const Connection,
+    conn: &'vtab Connection,
     sel: Option<Selection>,
     sql: String,
     rows: Vec<(i64, Vec<u8>)>,
@@ -254,7 +254,7 @@ pub struct PackCursor {
 // SAFETY: `PackTab` is `#[repr(C)]` with `sqlite3_vtab` as its first field.
 unsafe impl<'vtab> VTab<'vtab> for PackTab {
     type Aux = ();
-    type Cursor = PackCursor;
+    type Cursor = PackCursor<'vtab>;
 
     fn connect(
         db: &mut VTabConnection,
@@ -282,34 +282,11 @@ unsafe impl<'vtab> VTab<'vtab> for PackTab {
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-        catch_panic(PACK, || {
-            let mut slots = [None; 3];
-            for (i, c) in info.constraints().enumerate() {
-                let arg = c.column() - 2;
-                if (0..3).contains(&arg)
-                    && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
-                {
-                    if !c.is_usable() {
-                        return Ok(false);
-                    }
-                    slots[arg as usize] = Some(i);
-                }
-            }
-            let Some(slots) = slots.into_iter().collect::<Option<Vec<usize>>>() else {
-                return Ok(false);
-            };
-            for (n, i) in (1..).zip(slots) {
-                let mut u = info.constraint_usage(i);
-                u.set_argv_index(n);
-                u.set_omit(true);
-            }
-            info.set_estimated_cost(1e9);
-            info.set_estimated_rows(1_000_000);
-            Ok(true)
-        })
+        // Visible: rowid, profile; arguments: tbl, include, exclude.
+        catch_panic(PACK, || Ok(bind_arguments(info, 2, 3, 1e9, 1_000_000)))
     }
 
-    fn open(&'vtab mut self) -> rusqlite::Result<PackCursor> {
+    fn open(&'vtab mut self) -> rusqlite::Result<PackCursor<'vtab>> {
         Ok(PackCursor {
             base: sqlite3_vtab_cursor::default(),
             conn: &self.conn,
@@ -323,11 +300,10 @@ unsafe impl<'vtab> VTab<'vtab> for PackTab {
     }
 }
 
-impl PackCursor {
+impl PackCursor<'_> {
     /// Loads the next batch of rows after `last_rowid`.
     fn fetch(&mut self) -> rusqlite::Result<()> {
-        // SAFETY: a cursor never outlives its table, which owns the connection wrapper.
-        let conn = unsafe { &*self.conn };
+        let conn = self.conn;
         let sel = self.sel.as_ref().expect("fetch after filter");
         self.rows.clear();
         self.pos = 0;
@@ -355,11 +331,10 @@ impl PackCursor {
 }
 
 // SAFETY: `PackCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` as its first field.
-unsafe impl VTabCursor for PackCursor {
+unsafe impl VTabCursor for PackCursor<'_> {
     fn filter(&mut self, _n: c_int, _s: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
         catch_panic(PACK, || {
-            // SAFETY: a cursor never outlives its table, which owns the connection wrapper.
-            let conn = unsafe { &*self.conn };
+            let conn = self.conn;
             let vals: Vec<ValueRef<'_>> = args.iter().collect();
             let sel = Selection::resolve(conn, PACK, &vals)?;
             let cols: Vec<String> = sel.names.iter().map(|n| quote(n)).collect();

@@ -8,7 +8,8 @@
 //! 1. reads every phenix table's table id, generation and committed count from its `<t>_info`, and opens
 //!    its vector file;
 //! 2. copies the header and the first `committed` rows of each file into `<dest>-phenix/` and syncs them
-//!    (rows below the committed count are never rewritten, so the copy is the committed state);
+//!    (rows below the committed count are never rewritten, so the copy is the committed state), and the
+//!    IVF index snapshot `<t>_info` names, if any (snapshots are immutable);
 //! 3. copies the database pages with SQLite's online-backup API, inside the same read transaction.
 //!
 //! The result is the last committed state: a write transaction still open on the calling connection is
@@ -44,7 +45,8 @@ pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
                     "{F}: schema {schema} is not a database file (temp, :memory: or unknown); only file databases can be backed up"
                 ))
             })?;
-            let r = backup(&src, &dest)?;
+            // SAFETY: only the handle's address is used (to read its interrupt flag).
+            let r = backup(&src, &dest, unsafe { conn.handle() })?;
             Ok(serde_json::json!({"tables": r.0, "rows": r.1}).to_string())
         })?;
     }
@@ -52,7 +54,13 @@ pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Copies database `src` and its phenix vector files to `dest`; returns (tables, rows copied).
-pub fn backup(src: &Path, dest: &Path) -> rusqlite::Result<(u64, u64)> {
+/// `db` is the calling connection, whose interrupt stops the copy (the destination is then removed);
+/// progress (`backup`) counts vector rows, then database pages.
+pub fn backup(
+    src: &Path,
+    dest: &Path,
+    db: *mut rusqlite::ffi::sqlite3,
+) -> rusqlite::Result<(u64, u64)> {
     // The destination is a plain file name: a `file:` URI would be checked as literal text below and
     // then opened as a URI naming another (possibly existing) database.
     if dest.to_str().is_some_and(|d| d.starts_with("file:")) {
@@ -78,7 +86,7 @@ pub fn backup(src: &Path, dest: &Path) -> rusqlite::Result<(u64, u64)> {
     s.execute_batch("BEGIN")?;
     // The first read starts the read transaction: from here on `s` sees one snapshot.
     let tables = shadow::phenix_tables(&s, "main")?;
-    let result = copy_all(&s, src, dest, &tables);
+    let result = copy_all(&s, src, dest, &tables, db);
     let _ = s.execute_batch("COMMIT");
     if result.is_err() {
         // Leave nothing half-made behind.
@@ -93,6 +101,7 @@ fn copy_all(
     src: &Path,
     dest: &Path,
     tables: &[String],
+    db: *mut rusqlite::ffi::sqlite3,
 ) -> rusqlite::Result<(u64, u64)> {
     // Open every vector file first (an open descriptor survives a compaction's clean-up).
     let mut files = Vec::new();
@@ -126,15 +135,37 @@ fn copy_all(
             }
             e => e.with_context(&format!("{F}: phenix table {t}: ")),
         })?;
-        files.push((t.clone(), id_bytes, generation, committed, store));
+        // The IVF index snapshot, if the table has one (opened now, like the vector file; one that
+        // cannot be opened is left out, and the copy reports it as the source does).
+        let snapshot = info.count(super::index::INDEX_GEN).and_then(|n| {
+            let name = super::index::snapshot_name(&id_bytes, generation, n);
+            let f = std::fs::File::open(sidecar::sidecar_dir(src).join(&name)).ok()?;
+            Some((name, f))
+        });
+        files.push((t.clone(), id_bytes, generation, committed, store, snapshot));
     }
+    let pages: i64 = s.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let total = files.iter().map(|f| f.3).sum::<u64>() + pages.max(0) as u64;
+    let op = crate::control::Op::begin(db, "backup", total);
     let mut rows = 0u64;
     if !files.is_empty() {
         let dir = sidecar::sidecar_dir(dest);
         std::fs::create_dir(&dir)
             .map_err(|e| Error::Io(format!("{F}: cannot create {}: {e}", dir.display())))?;
         checked_sidecar_dir(dest)?;
-        for (t, id, generation, committed, mut store) in files {
+        for (t, id, generation, committed, mut store, snapshot) in files {
+            if let Some((name, mut f)) = snapshot {
+                let to = dir.join(&name);
+                let io = |e: std::io::Error| {
+                    Error::Io(format!(
+                        "{F}: phenix table {t}: cannot copy the index snapshot to {}: {e}",
+                        to.display()
+                    ))
+                };
+                let mut out = std::fs::File::create_new(&to).map_err(io)?;
+                std::io::copy(&mut f, &mut out).map_err(io)?;
+                out.sync_data().map_err(io)?;
+            }
             let path = sidecar::sidecar_path(dest, &id, generation);
             let mut out = VectorStore::create_with_header(&path, *store.header())
                 .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
@@ -147,6 +178,7 @@ fn copy_all(
                     .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
                 out.append_encoded(view.raw(at as usize..end as usize))
                     .map_err(|e| Error::store(format!("{F}: phenix table {t}: "), e))?;
+                op.step(end - at)?;
                 at = end;
             }
             out.sync()
@@ -163,17 +195,23 @@ fn copy_all(
     )?;
     {
         let b = Backup::new(s, &mut d)?;
-        // All pages in one step, inside `s`'s read transaction.
-        match b.step(-1)? {
-            StepResult::Done => {}
-            other => {
-                return Err(sql_error(format!(
-                    "{F}: the database copy did not finish ({other:?}); retry"
-                )))
+        // Pages in steps (checking for an interrupt between them), all inside `s`'s read
+        // transaction, so the source cannot change between steps.
+        const PAGES: i32 = 1024;
+        loop {
+            match b.step(PAGES)? {
+                StepResult::Done => break,
+                StepResult::More => op.step(PAGES as u64)?,
+                other => {
+                    return Err(sql_error(format!(
+                        "{F}: the database copy did not finish ({other:?}); retry"
+                    )))
+                }
             }
         }
     }
     drop(d);
     sync_parent_dir(dest).map_err(sql_error)?;
+    op.finish();
     Ok((tables.len() as u64, rows))
 }

@@ -7,11 +7,14 @@
 //!   valid, its layout equal to the definition, its table id and generation equal to `<t>_info`'s, and at
 //!   least the committed number of rows;
 //! - `<t>_rows`: every slot an integer below the committed count, no slot used twice;
-//! - every live vector finite.
+//! - every live vector finite;
+//! - the IVF index snapshot `<t>_info` names, if any: decoded (both CRCs and every structural check),
+//!   the table's own (table id, generation, layout), covering no more rows than are committed.
 //!
 //! The result is `ok` or one line per problem (like `PRAGMA integrity_check`). A table whose damage stops
 //! it from opening is still checked: the check opens the file itself, read-only.
 
+use super::index;
 use super::names::{self, qualified, split_name};
 use super::registry::{self, lock_state};
 use super::schema::{self, TableDef};
@@ -152,11 +155,13 @@ fn check_committed(
                 ));
                 return Ok(p);
             };
-            let Ok(st) = s.try_lock() else {
+            let Ok(mut st) = s.try_lock() else {
                 p.push(format!("{table}: its in-memory vectors are in use"));
                 return Ok(p);
             };
-            if let Err(e) = st.usable() {
+            // Another connection of a shared cache may have committed since this one last read:
+            // check the state as committed now, not this connection's cached count.
+            if let Err(e) = st.usable().and_then(|()| st.refresh_for_read()) {
                 p.push(e.to_string());
                 return Ok(p);
             }
@@ -166,7 +171,43 @@ fn check_committed(
         }
     };
     check_rows(conn, &schema, &table, &mut store, info.committed, &mut p)?;
+    if let Some(dbf) = sidecar::db_file(conn, &schema)? {
+        check_index(
+            conn,
+            &schema,
+            &table,
+            index::dir_home(&dbf),
+            &info,
+            info.committed,
+            &mut p,
+        );
+    }
     Ok(p)
+}
+
+/// The IVF index snapshot `<t>_info` names, if any (`super::index::check_snapshot`).
+fn check_index(
+    conn: &Connection,
+    schema: &str,
+    table: &str,
+    home: Result<index::Home, Error>,
+    info: &Info,
+    rows: u64,
+    p: &mut Vec<String>,
+) {
+    let (Ok(raw), Ok(home)) = (shadow::Info::read(conn, schema, table), home) else {
+        return;
+    };
+    index::check_snapshot(
+        &raw,
+        &home,
+        table,
+        &info.id,
+        info.generation,
+        rows,
+        info.def.layout,
+        p,
+    );
 }
 
 /// Checks a connected table through its state (the command form, and a table inside a write
@@ -203,8 +244,23 @@ pub(crate) fn check_state(st: &TableState) -> rusqlite::Result<Vec<String>> {
         }
     }
     let bound = st.visible_rows();
-    let mut store = st.store();
-    check_rows(st.conn(), st.schema(), st.name(), &mut store, bound, &mut p)?;
+    {
+        let mut store = st.store();
+        check_rows(st.conn(), st.schema(), st.name(), &mut store, bound, &mut p)?;
+    }
+    let at = Info {
+        generation: st.generation(),
+        ..info
+    };
+    check_index(
+        st.conn(),
+        st.schema(),
+        st.name(),
+        st.index_home().map_err(Error::from),
+        &at,
+        bound,
+        &mut p,
+    );
     Ok(p)
 }
 

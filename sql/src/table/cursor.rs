@@ -52,6 +52,10 @@ struct Bound {
     meta_conds: Vec<MetaCond>,
     /// Whether the conditions include ones the metadata cache cannot answer (IN lists, rowids).
     uncached: bool,
+    /// `nprobe = ?` (a table with an index).
+    nprobe: Option<usize>,
+    /// `exact = 1`: exact search even where an index exists.
+    exact: bool,
 }
 
 impl Bound {
@@ -94,6 +98,20 @@ impl Bound {
                         .is_none_or(|(m, mle)| t < m || (t == m && mle && !le))
                     {
                         b.max_d = Some((t, le));
+                    }
+                }
+                IdxArg::Nprobe => {
+                    b.nprobe = Some(positive_k(v, &format!("phenix table {name}: nprobe"))?)
+                }
+                IdxArg::Exact => {
+                    b.exact = match v {
+                        ValueRef::Integer(0) => false,
+                        ValueRef::Integer(1) => true,
+                        _ => {
+                            return Err(sql_error(format!(
+                        "phenix table {name}: exact must be 0 (use the index) or 1 (exact search)"
+                    )))
+                        }
                     }
                 }
                 IdxArg::Rowid => b.rowid = Some(owned(v).map_err(|e| table_err(name, e))?),
@@ -163,6 +181,9 @@ impl PhenixCursor {
         st.refresh_for_read()?;
         let (plan, args) = plan::parse(idx_num, idx_str, st.def().n_meta())?;
         let b = Bound::read(&st, &args, values)?;
+        if plan == Plan::Knn && !b.exact && b.k.is_some() {
+            st.prepare_index()?;
+        }
         self.rows.clear();
         self.pos = 0;
         self.rows = match plan {
@@ -214,6 +235,14 @@ impl PhenixCursor {
             None if live.bitmap().contains_all_below(n as usize) => Candidates::All,
             None => Candidates::Bitmap(live.bitmap()),
         };
+        if !b.exact {
+            if let Some(idx) = st.ivf() {
+                let pool = filtered.as_ref().unwrap_or(live.bitmap());
+                if let Some(rows) = ivf_knn(st, idx, &q, k, &b, pool, filtered.is_some(), n)? {
+                    return Ok(rows);
+                }
+            }
+        }
         let req = rank::Request {
             query: &q,
             candidates,
@@ -222,9 +251,14 @@ impl PhenixCursor {
             threads: search_threads(),
         };
         let ranked = {
+            // SAFETY: only the handle's address is used (to read its interrupt flag).
+            let op = crate::control::Op::begin(unsafe { st.conn().handle() }, "knn", n);
             let mut store = st.store();
             let view = store.view(n).map_err(|e| table_err(st.name(), e))?;
-            rank::rank(&view, &req, |s| live.rowid(s)).map_err(|e| table_err(st.name(), e))?
+            let r =
+                rank::rank(&view, &req, |s| live.rowid(s)).map_err(|e| table_err(st.name(), e))?;
+            op.finish();
+            r
         };
         Ok(ranked
             .into_iter()
@@ -296,6 +330,76 @@ impl PhenixCursor {
         }
         ctx.set_result(&Value::Null)
     }
+}
+
+/// The KNN plan through the IVF index: the `k` nearest of the `pool` slots by the index (probing
+/// `nprobe` lists, more when a filter leaves fewer than `k` rows in them), re-ranked exactly, by
+/// (distance, rowid). `None` when exact search is the better plan: no `k` or one reaching every row, a
+/// filter that leaves few rows (at most the re-rank shortlist, or 1/20 of the rows: scanning them
+/// exactly costs less than probing lists until `k` qualify), or distances beyond float32.
+#[allow(clippy::too_many_arguments)]
+fn ivf_knn(
+    st: &TableState,
+    idx: &phenix_core::ivf::IvfIndex,
+    q: &[f32],
+    k: usize,
+    b: &Bound,
+    pool: &Bitmap,
+    filtered: bool,
+    n: u64,
+) -> rusqlite::Result<Option<Vec<OutRow>>> {
+    if k as u64 >= n {
+        // Every row (no k, or k past the rows): an exact scan is what the index would do.
+        return Ok(None);
+    }
+    let mut p =
+        phenix_core::ivf::IvfSearch::new(k, b.nprobe.unwrap_or_else(|| st.default_nprobe()));
+    if filtered {
+        let c = pool.count();
+        if c <= p.rerank.max(k) || c.saturating_mul(20) <= n as usize {
+            return Ok(None);
+        }
+    }
+    p.candidates = Some(pool);
+    p.threads = search_threads();
+    let live = st
+        .live()
+        .ok_or_else(|| Error::Internal("live set not loaded".into()))?;
+    let metric = st.def().layout.metric();
+    let hits = {
+        let mut store = st.store();
+        let view = store.view(n).map_err(|e| table_err(st.name(), e))?;
+        rank::ivf_search(&view, idx, q, metric, k, p).map_err(|e| table_err(st.name(), e))?
+    };
+    if hits.iter().any(|h| !h.distance.is_finite()) {
+        return Ok(None);
+    }
+    let within = |d: f64| match b.max_d {
+        None => true,
+        Some((m, true)) => d <= m,
+        Some((m, false)) => d < m,
+    };
+    let mut rows: Vec<OutRow> = hits
+        .into_iter()
+        .filter_map(|h| {
+            let rowid = live.rowid(h.slot)?;
+            let d = h.distance as f64;
+            within(d).then_some(OutRow {
+                rowid,
+                slot: h.slot,
+                distance: Some(d),
+                cols: None,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        a.distance
+            .unwrap_or(0.0)
+            .total_cmp(&b.distance.unwrap_or(0.0))
+            .then(a.rowid.cmp(&b.rowid))
+    });
+    rows.truncate(k);
+    Ok(Some(rows))
 }
 
 /// The point plan: the row with the given rowid (and the metadata constraints SQLite passed along).

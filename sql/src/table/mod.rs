@@ -17,6 +17,7 @@
 //! - [`live`]: the live set (slot → rowid) and its invariants;
 //! - [`shadow`]: the shadow tables and the one reader of `<t>_info`;
 //! - [`sidecar`]: vector-file paths, open-and-check-header, orphan collection;
+//! - [`drops`]: an in-memory table's vectors freed when its `DROP TABLE` commits;
 //! - [`registry`]: process-wide registries (connected tables, in-memory stores, thread count);
 //! - [`schema`]: parsing the column definitions; [`names`]: quoting and registry keys.
 //!
@@ -27,6 +28,8 @@
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod cursor;
+pub(crate) mod drops;
+pub(crate) mod index;
 pub(crate) mod live;
 pub(crate) mod names;
 pub(crate) mod plan;
@@ -126,11 +129,27 @@ unsafe extern "C" fn x_release(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
 
 unsafe extern "C" fn x_rollback_to(vt: *mut ffi::sqlite3_vtab, i: c_int) -> c_int {
     // SAFETY: installed only in MODULE (see `with_tab`).
-    unsafe {
+    let rc = unsafe {
         with_tab(vt, "xRollbackTo", |t| {
             with_state_unless_nested(t, |st| st.rollback_to(i))
         })
+    };
+    if rc != ffi::SQLITE_OK {
+        // SQLite rolled the shadow tables back to the savepoint all the same: the state follows
+        // (`TableState::recover`), whatever part of `rollback_to` ran.
+        // SAFETY: as above.
+        unsafe {
+            with_tab(vt, "recovery of a failed transaction hook", |t| {
+                with_state_unless_nested(t, |st| {
+                    st.recover(state::Failed::RollbackTo(i));
+                    Ok(())
+                })?;
+                t.state.clear_poison();
+                Ok(())
+            })
+        };
     }
+    rc
 }
 
 unsafe extern "C" fn x_rename(vt: *mut ffi::sqlite3_vtab, new: *const c_char) -> c_int {
@@ -170,8 +189,11 @@ pub(crate) fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     let module: &'static Module<'static, PhenixTab> =
         unsafe { &*(&MODULE as *const ffi::sqlite3_module as *const Module<'static, PhenixTab>) };
     // The module's client data holds this connection's in-memory vectors; SQLite drops it at close.
-    conn.create_module("phenix", module, Some(registry::ConnStores::default()))?;
+    let stores = registry::ConnStores::default();
+    drops::register(conn, &stores)?;
+    conn.create_module("phenix", module, Some(stores))?;
     check::register(conn)?;
     backup::register(conn)?;
+    index::register(conn)?;
     retrieve::register(conn)
 }

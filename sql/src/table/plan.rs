@@ -6,7 +6,8 @@
 //!
 //! `idxNum`: 1 = KNN (MATCH on the vector column), 2 = point lookup by rowid, 3 = scan.
 //! `idxStr`: comma-separated tokens, one per argument: `m` (query vector), `k`, `l` (LIMIT),
-//! `d<` / `d<=` (distance bound), `r` (rowid =), `R` (rowid IN, all values at once), and
+//! `d<` / `d<=` (distance bound), `p` (`nprobe =`), `e` (`exact =`; both only in a table with an
+//! index), `r` (rowid =), `R` (rowid IN, all values at once), and
 //! `c<col>:<op>` (metadata constraint on metadata column `col`, 0-based; `op` one of [`MetaOp`]'s tokens
 //! `= > >= < <= != is isnot null notnull`, or `in` for an IN list handled all at once).
 //!
@@ -148,6 +149,10 @@ pub(crate) enum IdxArg {
     DistLt,
     /// `distance <= ?`.
     DistLe,
+    /// `nprobe = ?` (a table with an index).
+    Nprobe,
+    /// `exact = ?` (a table with an index).
+    Exact,
     /// `rowid = ?`.
     Rowid,
     /// `rowid IN (…)`, all values at once (`sqlite3_vtab_in`).
@@ -200,6 +205,8 @@ impl IdxArg {
             IdxArg::Limit => "l".into(),
             IdxArg::DistLt => "d<".into(),
             IdxArg::DistLe => "d<=".into(),
+            IdxArg::Nprobe => "p".into(),
+            IdxArg::Exact => "e".into(),
             IdxArg::Rowid => "r".into(),
             IdxArg::RowidIn => "R".into(),
             IdxArg::Meta(c, o) => format!("c{c}:{}", o.token()),
@@ -214,6 +221,8 @@ impl IdxArg {
             "l" => IdxArg::Limit,
             "d<" => IdxArg::DistLt,
             "d<=" => IdxArg::DistLe,
+            "p" => IdxArg::Nprobe,
+            "e" => IdxArg::Exact,
             "r" => IdxArg::Rowid,
             "R" => IdxArg::RowidIn,
             c => {
@@ -292,6 +301,8 @@ pub(crate) fn best_index(def: &TableDef, info: &mut IndexInfo) -> rusqlite::Resu
             (_, SQLITE_INDEX_CONSTRAINT_LIMIT) => Some(IdxArg::Limit),
             (c, SQLITE_INDEX_CONSTRAINT_LT) if c == dcol => Some(IdxArg::DistLt),
             (c, SQLITE_INDEX_CONSTRAINT_LE) if c == dcol => Some(IdxArg::DistLe),
+            (c, SQLITE_INDEX_CONSTRAINT_EQ) if Some(c) == def.nprobe_col() => Some(IdxArg::Nprobe),
+            (c, SQLITE_INDEX_CONSTRAINT_EQ) if Some(c) == def.exact_col() => Some(IdxArg::Exact),
             (-1, SQLITE_INDEX_CONSTRAINT_EQ) => {
                 has_rowid = true;
                 Some(IdxArg::Rowid)
@@ -430,13 +441,15 @@ mod tests {
             IdxArg::MetaIn(1),
             IdxArg::MetaColl(0, MetaOp::Gt, Coll::NoCase),
             IdxArg::RowidIn,
+            IdxArg::Nprobe,
+            IdxArg::Exact,
         ];
         let (n, s) = encode(Plan::Knn, &args);
         assert_eq!(
             (n, s.as_str()),
             (
                 1,
-                "m,k,l,d<,d<=,c0:=,c2:notnull,c1:isnot,c1:in,c0:>/nocase,R"
+                "m,k,l,d<,d<=,c0:=,c2:notnull,c1:isnot,c1:in,c0:>/nocase,R,p,e"
             )
         );
         assert_eq!(parse(n, &s, 3).unwrap(), (Plan::Knn, args.to_vec()));

@@ -48,9 +48,13 @@ pub(crate) fn rank(
         Some((b, true)) => d <= b,
         Some((b, false)) => d < b,
     };
+    // The operation running on this thread (a KNN statement, phenix_retrieve_all) stops the scan
+    // when interrupted.
+    let control = crate::control::current();
     let mut p = SearchParams::new(req.k.saturating_add(1));
     p.candidates = req.candidates;
     p.threads = req.threads;
+    p.control = control.as_deref();
     p.max_distance = coarse;
     let hits = search(view, &q, &p)?;
     if hits.iter().any(|h| !h.distance.is_finite()) {
@@ -80,6 +84,31 @@ pub(crate) fn rank(
     out.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
     out.truncate(k);
     Ok(out)
+}
+
+/// The hits of an IVF search for the `k` nearest (`p.k` is set here), among which the SQL ranking
+/// by (distance, rowid) picks `k`: the index ranks equal distances by slot, so it is asked for one row
+/// more than `k`, and while that row ties the k-th, for twice as many, so every row the index finds at
+/// the k-th distance competes. The query is scaled as [`rank`] scales it, so distances are bit-equal
+/// to exact search's.
+pub(crate) fn ivf_search(
+    view: &RowsView<'_>,
+    idx: &phenix_core::ivf::IvfIndex,
+    query: &[f32],
+    metric: Metric,
+    k: usize,
+    mut p: phenix_core::ivf::IvfSearch<'_>,
+) -> phenix_core::Result<Vec<phenix_core::topk::Hit>> {
+    let q = scaled_query(query, metric);
+    p.k = k.saturating_add(1);
+    loop {
+        let hits = idx.search(view, &q, &p)?;
+        let tied = hits.len() == p.k && hits[k].distance == hits[k - 1].distance;
+        if !tied || p.k >= view.rows() {
+            return Ok(hits);
+        }
+        p.k = p.k.saturating_mul(2);
+    }
 }
 
 /// The query a search uses: for cosine, scaled so its largest magnitude is 1 (the cosine is the same,

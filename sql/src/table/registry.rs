@@ -88,6 +88,31 @@ pub(crate) fn memory_store_alive(id: &str) -> bool {
     })
 }
 
+/// The bytes of rows held by the in-memory vectors of the table with hex id `id`, if this process
+/// still holds them (for tests that measure what a drop frees).
+pub(crate) fn memory_store_bytes(id: &str) -> Option<u64> {
+    let id = super::names::unhex(id)?;
+    let stores: Vec<_> = mem_stores()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|((_, i), _)| *i == id)
+        .filter_map(|(_, (_, w))| w.upgrade())
+        .collect();
+    if stores.is_empty() {
+        return None;
+    }
+    Some(
+        stores
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.len() * s.layout().stride() as u64
+            })
+            .sum(),
+    )
+}
+
 type Registry = Mutex<HashMap<Key, Weak<Mutex<TableState>>>>;
 fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();

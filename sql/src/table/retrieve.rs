@@ -3,6 +3,10 @@
 //! the batched GEMM path → query_rowid, rowid, rank, distance). The queries are a phenix table, or any
 //! table or view with a vector column, named `'name(vector_column)'` or `'name(id_column,
 //! vector_column)'`; because it can read any table, `phenix_retrieve_all` is `SQLITE_DIRECTONLY`.
+//!
+//! On a table with a built IVF index both use it with the table's default `nprobe` (the declaration's
+//! `nprobe=`, else 1/16 of the lists): `phenix_retrieve` runs the table's MATCH, `phenix_retrieve_all`
+//! searches the index once per query vector. Distances are exact (re-ranked on the stored rows).
 
 use super::names::{self, qualified, split_name};
 use super::rank;
@@ -11,6 +15,7 @@ use crate::args::{owned, positive_k, text_arg};
 use crate::error::{create_scalar, sql_error, Error};
 use crate::tvf::{TableFunction, Tvf};
 use phenix_core::batch::search_batch;
+use phenix_core::ivf::IvfSearch;
 use phenix_core::topk::{Candidates, SearchParams};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
@@ -19,7 +24,11 @@ use rusqlite::Connection;
 use std::ffi::{c_int, CStr};
 
 /// Finds the state of phenix table `name` on `conn`, connecting it if needed.
-fn table_state(conn: &Connection, fname: &str, name: &str) -> rusqlite::Result<SharedState> {
+pub(crate) fn table_state(
+    conn: &Connection,
+    fname: &str,
+    name: &str,
+) -> rusqlite::Result<SharedState> {
     let (schema, table) = split_name(name);
     // Preparing a statement on the table makes SQLite connect it in this connection.
     conn.prepare(&format!(
@@ -153,7 +162,7 @@ fn retrieve_all(
     if let Some(src) = QuerySource::parse(queries) {
         let dim = lock_state(&tt).def().layout.dim();
         let (qrowids, qvecs) = src.read(conn, dim)?;
-        return search_all(f, &tt, target, queries, &qrowids, &qvecs, dim, k);
+        return search_all(conn, f, &tt, target, queries, &qrowids, &qvecs, dim, k);
     }
     let qt = table_state(conn, f, queries)?;
     // Read the queries (and release that table before locking the target, which may be the same one).
@@ -180,7 +189,7 @@ fn retrieve_all(
             dim,
         )
     };
-    search_all(f, &tt, target, queries, &qrowids, &qvecs, qdim, k)
+    search_all(conn, f, &tt, target, queries, &qrowids, &qvecs, qdim, k)
 }
 
 /// Queries read from an ordinary table or view: `name(vector)` or `name(id, vector)`.
@@ -289,8 +298,12 @@ impl QuerySource {
 }
 
 /// Top-k of every query vector in the target table.
+///
+/// Progress (`retrieve_all`) counts the target's rows during the batched scan, then one unit per query
+/// ranked; an interrupt stops the scan at its next block of rows and the ranking at its next query.
 #[allow(clippy::too_many_arguments)]
 fn search_all(
+    conn: &Connection,
     f: &str,
     tt: &SharedState,
     target: &str,
@@ -308,6 +321,7 @@ fn search_all(
         )));
     }
     t.refresh_for_read()?;
+    t.prepare_index()?;
     let n = t.visible_rows();
     let threads = search_threads();
     let live = t
@@ -317,11 +331,55 @@ fn search_all(
     let view = store
         .view(n)
         .map_err(|e| Error::store(format!("{f}: "), e))?;
+    // SAFETY: only the handle's address is used (to read its interrupt flag).
+    let db = unsafe { conn.handle() };
+    let op = crate::control::Op::begin(db, "retrieve_all", n + qrowids.len() as u64);
+    if let Some(idx) = t.ivf() {
+        // The table's IVF index, one query at a time with the table's default nprobe (as MATCH
+        // without `nprobe =`), re-ranked exactly; ties by rowid.
+        let mut p = IvfSearch::new(k, t.default_nprobe());
+        p.candidates = Some(live.bitmap());
+        p.threads = threads;
+        let metric = view.layout().metric();
+        let mut out = Vec::new();
+        for (qi, q) in qvecs.chunks(qdim.max(1)).enumerate() {
+            let hits = rank::ivf_search(&view, idx, q, metric, k, p)
+                .map_err(|e| Error::store(format!("{f}: "), e))?;
+            let mut rows: Vec<(i64, f64)> = if hits.iter().any(|h| !h.distance.is_finite()) {
+                let req = rank::Request {
+                    query: q,
+                    candidates: Candidates::Bitmap(live.bitmap()),
+                    k,
+                    bound: None,
+                    threads,
+                };
+                rank::rank(&view, &req, |s| live.rowid(s))
+                    .map_err(|e| Error::store(format!("{f}: "), e))?
+                    .into_iter()
+                    .map(|(r, _, d)| (r, d))
+                    .collect()
+            } else {
+                hits.into_iter()
+                    .filter_map(|h| Some((live.rowid(h.slot)?, h.distance as f64)))
+                    .collect()
+            };
+            rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            rows.truncate(k);
+            for (rank, (rowid, d)) in rows.into_iter().enumerate() {
+                out.push((qrowids[qi], rowid, rank as i64 + 1, d));
+            }
+            // Interruptible between queries (one query's probe is short).
+            op.step(1)?;
+        }
+        op.finish();
+        return Ok(out);
+    }
     let hits = {
         // One row more than asked, to see whether the k-th distance is (nearly) shared.
         let mut p = SearchParams::new(k.saturating_add(1));
         p.candidates = Candidates::Bitmap(live.bitmap());
         p.threads = threads;
+        p.control = Some(op.control());
         // Each query scaled as MATCH scales it (cosine: by its largest magnitude), so the batch
         // scores the same vectors MATCH and the exact re-rank below do.
         let metric = view.layout().metric();
@@ -353,6 +411,8 @@ fn search_all(
                 bound: None,
                 threads,
             };
+            // Interruptible; its rows are not counted (this operation counts queries now).
+            let _scan = crate::control::Op::silent(db);
             rank::rank(&view, &req, |s| live.rowid(s))
                 .map_err(|e| Error::store(format!("{f}: "), e))?
                 .into_iter()
@@ -370,6 +430,8 @@ fn search_all(
         for (rank, (rowid, d)) in rows.into_iter().enumerate() {
             out.push((qrowids[qi], rowid, rank as i64 + 1, d));
         }
+        op.step(1)?;
     }
+    op.finish();
     Ok(out)
 }

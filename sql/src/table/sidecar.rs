@@ -232,6 +232,10 @@ pub(crate) fn collect_orphans(
         {
             Some((id, g)) => {
                 referenced.insert(format!("{}.g{g}.phx", hex(&id)));
+                // The table's IVF index snapshot, if it has one.
+                if let Some(n) = info.as_ref().and_then(|i| i.count(super::index::INDEX_GEN)) {
+                    referenced.insert(super::index::snapshot_name(&id, g, n));
+                }
             }
             // A table whose reference cannot be read (damaged shadow table): its file cannot be told
             // from an orphan, so remove nothing.
@@ -241,7 +245,8 @@ pub(crate) fn collect_orphans(
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let ours = name.ends_with(".phx") && name.get(..32).and_then(unhex).is_some();
+        let ours = (name.ends_with(".phx") && name.get(..32).and_then(unhex).is_some())
+            || super::index::is_snapshot_name(&name);
         let regular = e.file_type().is_ok_and(|t| t.is_file());
         if ours && regular && !referenced.contains(&name) && std::fs::remove_file(e.path()).is_ok()
         {

@@ -4,7 +4,10 @@
 //! docs/design.md is in [`txn`], compaction in [`compact`].
 
 mod compact;
+mod index;
 mod txn;
+
+pub(crate) use txn::Failed;
 
 use super::live::Live;
 use super::registry;
@@ -67,6 +70,8 @@ pub(crate) struct TableState {
     mem: Option<registry::MemKey>,
     /// This connection's in-memory stores (the module's client data).
     keep: registry::ConnStores,
+    /// The table's IVF index in this connection (`state/index.rs`).
+    index: index::IndexState,
 }
 
 impl TableState {
@@ -190,6 +195,7 @@ impl TableState {
             broken: None,
             mem: None,
             keep: registry::ConnStores::default(),
+            index: index::IndexState::default(),
         }
     }
 
@@ -374,14 +380,14 @@ impl TableState {
     /// it ([`sidecar::collect_orphans`]).
     pub(crate) fn destroy(&mut self) -> rusqlite::Result<()> {
         shadow::drop_tables(&self.conn, &self.schema, &self.name)?;
-        // An in-memory table's vectors go with it once the drop cannot roll back: at once in
-        // autocommit mode; inside a transaction they stay until the connection closes (a ROLLBACK
-        // brings the table back and needs them).
+        // An in-memory table's vectors go with it once the drop cannot roll back: when it commits
+        // (a ROLLBACK brings the table back and needs them; `drops`), else at once in autocommit
+        // mode, else when the connection closes.
         if let Some(key) = self.mem {
-            if self.conn.is_autocommit() {
+            if !super::drops::release_at_commit(&self.conn, key) && self.conn.is_autocommit() {
                 registry::release_memory_store(&key, &self.keep);
-                self.store = Arc::new(Mutex::new(VectorStore::in_memory(self.def.layout)));
             }
+            self.store = Arc::new(Mutex::new(VectorStore::in_memory(self.def.layout)));
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use super::names::{self, Key};
 use super::prefilter::MetaCache;
 use super::registry::{self, lock_state, SharedState};
 use super::sidecar;
-use super::state::TableState;
+use super::state::{Failed, TableState};
 use super::{plan, write};
 use crate::args::utf8;
 use crate::error::{catch_panic, sql_error};
@@ -54,7 +54,7 @@ impl PhenixTab {
             .iter()
             .map(|a| utf8(a, "column definition"))
             .collect::<rusqlite::Result<_>>()?;
-        let def = super::schema::parse(&name, &cols).map_err(sql_error)?;
+        let def = super::schema::parse(&name, &cols).map_err(crate::error::Error::from)?;
         // SAFETY: the handle is the connection that is creating/connecting this table; the non-owning
         // `Connection` made from it never closes it and is dropped in xDisconnect/xDestroy, before
         // SQLite can close the database.
@@ -178,12 +178,33 @@ impl TransactionVTab<'_> for PhenixTab {
     fn sync(&mut self) -> rusqlite::Result<()> {
         catch_panic("xSync", || lock_state(&self.state).sync())
     }
+    // SQLite ignores what xCommit and xRollback return: on an error or a panic part-way, the state is
+    // made consistent with what SQLite committed (`TableState::recover`).
     fn commit(&mut self) -> rusqlite::Result<()> {
-        catch_panic("xCommit", || lock_state(&self.state).commit())
+        let r = catch_panic("xCommit", || lock_state(&self.state).commit());
+        if r.is_err() {
+            recover(&self.state, Failed::Commit);
+        }
+        r
     }
     fn rollback(&mut self) -> rusqlite::Result<()> {
-        catch_panic("xRollback", || lock_state(&self.state).rollback())
+        let r = catch_panic("xRollback", || lock_state(&self.state).rollback());
+        if r.is_err() {
+            recover(&self.state, Failed::Rollback);
+        }
+        r
     }
+}
+
+/// Runs [`TableState::recover`] after `failed` (itself panic-free, but inside the wrapper all the same).
+/// A panic part-way poisoned the state's lock; the state is consistent again, so the poison goes too
+/// (`phenix_check` would otherwise report the table as in use).
+pub(crate) fn recover(state: &SharedState, failed: Failed) {
+    let _ = catch_panic("recovery of a failed transaction hook", || {
+        lock_state(state).recover(failed);
+        state.clear_poison();
+        Ok(())
+    });
 }
 
 // SAFETY: `PhenixCursor` is `#[repr(C)]` with `sqlite3_vtab_cursor` as its first field.

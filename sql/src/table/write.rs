@@ -1,4 +1,6 @@
-//! Writes: `INSERT`, `UPDATE`, `DELETE` (xUpdate) and the commands `INSERT INTO t(t) VALUES ('…')`.
+//! Writes: `INSERT`, `UPDATE`, `DELETE` (xUpdate) and the commands `INSERT INTO t(t) VALUES ('…')`
+//! (`optimize`, `integrity-check`, `build-index`). Written rows reach the IVF index at the next query
+//! (`state/index.rs`), not here.
 //!
 //! xUpdate's arguments for an INSERT are `[NULL, new rowid, <columns in declared order>]`, for an
 //! UPDATE `[old rowid, new rowid, <columns>]`: the value of column `c` (its [`TableDef`] index, vector
@@ -117,7 +119,14 @@ pub(crate) fn insert(state: &Mutex<TableState>, args: &Inserts<'_>) -> rusqlite:
             return Ok(r);
         }
     }
-    for (col, what) in [(def.distance_col(), "distance"), (def.k_col(), "k")] {
+    let hidden = [
+        (Some(def.distance_col()), "distance"),
+        (Some(def.k_col()), "k"),
+        (def.nprobe_col(), "nprobe"),
+        (def.exact_col(), "exact"),
+    ];
+    for (col, what) in hidden {
+        let Some(col) = col else { continue };
         if !matches!(arg(args, argv(col)), ValueRef::Null) {
             return Err(sql_error(format!(
                 "phenix table {}: `{what}` is computed by queries and cannot be inserted",
@@ -212,6 +221,7 @@ fn run_command(st: &mut TableState, cmd: ValueRef<'_>) -> rusqlite::Result<()> {
     let cmd = text_arg(cmd, &format!("phenix table {name}"), "the command")?;
     match cmd {
         "optimize" => st.optimize().map(|_| ()),
+        "build-index" => st.build_index(),
         "integrity-check" => {
             let problems = super::check::check_state(st)?;
             if problems.is_empty() {
@@ -225,7 +235,7 @@ fn run_command(st: &mut TableState, cmd: ValueRef<'_>) -> rusqlite::Result<()> {
         }
         other => Err(table_err(
             &name,
-            format!("unknown command '{other}'; expected 'optimize' or 'integrity-check'"),
+            format!("unknown command '{other}'; expected 'optimize', 'integrity-check' or 'build-index'"),
         )),
     }
 }

@@ -28,6 +28,8 @@ impl TableState {
         /// Rows are copied in chunks of about this many bytes.
         const COPY_BYTES: usize = 4 << 20;
         self.begin_write()?;
+        // The index (if any) holds every row before it is remapped to the new slots.
+        self.prepare_index()?;
         let slots: Vec<i64> = {
             let mut st = self.conn.prepare(&format!(
                 "SELECT slot FROM {} ORDER BY slot",
@@ -38,6 +40,14 @@ impl TableState {
                 .collect::<rusqlite::Result<_>>()?;
             v
         };
+        // Progress counts rows copied; an interrupt stops the copy at its next chunk (the new file is
+        // removed and the statement fails, changing nothing).
+        // SAFETY: only the handle's address is used (to read its interrupt flag).
+        let op = crate::control::Op::begin(
+            unsafe { self.conn.handle() },
+            "optimize",
+            slots.len() as u64,
+        );
         let generation = self.generation + 1;
         let layout = self.def.layout;
         let mut new = match db_file(&self.conn, &self.schema)? {
@@ -67,7 +77,10 @@ impl TableState {
             }
             None => VectorStore::in_memory(layout),
         };
-        if let Err(e) = self.fill_compacted(&mut new, &slots, generation, COPY_BYTES) {
+        if let Err(e) = self
+            .fill_compacted(&mut new, &slots, generation, COPY_BYTES, &op)
+            .and_then(|()| self.index_compacted(&slots, generation))
+        {
             if let Some(p) = new.path().map(Path::to_path_buf) {
                 drop(new);
                 let _ = std::fs::remove_file(p);
@@ -82,6 +95,7 @@ impl TableState {
         self.committed = 0;
         self.live = None;
         self.load_live()?;
+        op.finish();
         Ok(slots.len() as u64)
     }
 
@@ -93,12 +107,14 @@ impl TableState {
         slots: &[i64],
         generation: u64,
         copy_bytes: usize,
+        op: &crate::control::Op,
     ) -> rusqlite::Result<()> {
         {
             let mut old = self.store();
             let n = old.len();
             let view = old.view(n).map_err(|e| table_err(&self.name, e))?;
             let mut buf = Vec::with_capacity(copy_bytes + self.def.layout.stride());
+            let mut pending = 0u64;
             for &slot in slots {
                 if slot < 0 || slot as u64 >= n {
                     return Err(table_err(
@@ -109,18 +125,23 @@ impl TableState {
                     ));
                 }
                 buf.extend_from_slice(view.raw(slot as usize..slot as usize + 1));
+                pending += 1;
                 if buf.len() >= copy_bytes {
                     new.append_encoded(&buf)
                         .map_err(|e| table_err(&self.name, e))?;
                     buf.clear();
+                    op.step(std::mem::take(&mut pending))
+                        .map_err(|e| e.in_table(&self.name))?;
                 }
             }
             if !buf.is_empty() {
                 new.append_encoded(&buf)
                     .map_err(|e| table_err(&self.name, e))?;
             }
+            op.step(pending).map_err(|e| e.in_table(&self.name))?;
         }
         new.sync().map_err(|e| table_err(&self.name, e))?;
+        op.check().map_err(|e| e.in_table(&self.name))?;
         let rows = self.rows_table();
         self.conn.execute(
             &format!(

@@ -2,7 +2,7 @@
 //! transaction's first write, `sync` at xSync, `commit`/`rollback`, and the savepoint hooks.
 
 use super::TableState;
-use crate::error::Error;
+use crate::error::{panic_point, Error};
 use crate::table::shadow::{self, COMMITTED};
 use crate::table::sidecar::collect_orphans;
 use phenix_core::store::VectorStore;
@@ -23,6 +23,9 @@ pub(crate) struct Snapshot {
     len: u64,
     generation: u64,
     committed: u64,
+    /// The IVF index's epoch (`state/index.rs`): a rollback truncates the index, or drops it if it
+    /// was rebuilt or remapped since.
+    index_epoch: u64,
 }
 
 impl TableState {
@@ -32,6 +35,7 @@ impl TableState {
             len: self.store().len(),
             generation: self.generation,
             committed: self.committed,
+            index_epoch: self.index_epoch(),
         }
     }
 
@@ -39,6 +43,17 @@ impl TableState {
     /// transaction's, past every reader's committed count) and its generation and committed count.
     /// SQLite restores the shadow tables itself; the live set is reloaded from them.
     fn restore(&mut self, snap: &Snapshot) -> rusqlite::Result<()> {
+        self.restore_state(snap);
+        let mut s = self.store();
+        if s.len() > snap.len {
+            s.truncate(snap.len).map_err(Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// The part of [`TableState::restore`] that cannot fail: the store, generation and committed count
+    /// of `snap`, and the live set dropped (rows past `snap.len` stay, unreferenced).
+    fn restore_state(&mut self, snap: &Snapshot) {
         if !Arc::ptr_eq(&self.store, &snap.store) {
             // A compaction is undone: its file is an orphan for the next write to remove.
             self.orphans_collected = false;
@@ -47,11 +62,7 @@ impl TableState {
         self.generation = snap.generation;
         self.committed = snap.committed;
         self.live = None;
-        let mut s = self.store();
-        if s.len() > snap.len {
-            s.truncate(snap.len).map_err(Error::from)?;
-        }
-        Ok(())
+        self.index_restore(snap.len, snap.index_epoch);
     }
 
     /// Whether this transaction replaced the vector store (a compaction not rolled back).
@@ -107,6 +118,7 @@ impl TableState {
             s.sync().map_err(Error::from)?;
             s.len()
         };
+        self.index_autosnapshot()?;
         // After a compaction the count may equal the old one and still must be written (the table
         // now names another file); otherwise an unchanged count needs no write.
         let compacted = self.compacted();
@@ -127,6 +139,7 @@ impl TableState {
             let n = s.len();
             s.set_committed(n).map_err(Error::from)?;
             drop(s);
+            panic_point("xCommit: store committed");
             self.committed = n;
             if let Some(m) = self.remaps_written.take() {
                 self.remaps = m;
@@ -137,6 +150,7 @@ impl TableState {
                 self.orphans_collected = false;
                 self.publish_memory_store();
             }
+            panic_point("xCommit: count taken over");
         }
         self.in_write = false;
         self.savepoints.clear();
@@ -156,6 +170,7 @@ impl TableState {
             Some(b) => self.restore(&b),
             None => Ok(()),
         };
+        panic_point("xRollback: store restored");
         self.in_write = false;
         self.savepoints.clear();
         self.live = None;
@@ -187,6 +202,7 @@ impl TableState {
             _ => self.begin.clone(),
         };
         self.live = None;
+        panic_point("xRollbackTo: savepoints dropped");
         match snap {
             // Failing to give the space back is not an error of ROLLBACK TO (SQLite would only say
             // "SQL logic error"): the rows stay as dead slots that no `<t>_rows` entry names, and
@@ -198,4 +214,72 @@ impl TableState {
             None => Ok(()),
         }
     }
+
+    /// Makes the state consistent with what SQLite holds after `failed` returned an error or
+    /// panicked part-way (SQLite ignores the result of xCommit and xRollback, and has restored the
+    /// shadow tables in every case). Without this a table whose xCommit failed still believed its
+    /// transaction open, and a later `ROLLBACK` truncated the vector file back to that transaction's
+    /// start, past rows SQLite had committed since.
+    ///
+    /// Nothing here can fail: the cached state is forgotten, and the next read or write reloads the
+    /// committed count, generation and live set from `<t>_info` and `<t>_rows` (`data_version` reset).
+    pub(crate) fn recover(&mut self, failed: Failed) {
+        match failed {
+            Failed::Commit => {
+                // SQLite committed: a compaction of an in-memory table must be findable by a
+                // re-connect (xCommit publishes it; it may not have got there).
+                if self.in_write && self.compacted() {
+                    self.publish_memory_store();
+                }
+                self.forget_transaction();
+            }
+            Failed::Rollback => {
+                // SQLite rolled back: the store of the transaction's first write is the one
+                // `<t>_info` names again. Rows appended past its length stay until the next writer
+                // truncates them (no reader looks past the committed count).
+                if let Some(b) = self.begin.take() {
+                    self.restore_state(&b);
+                }
+                self.forget_transaction();
+            }
+            Failed::RollbackTo(i) => {
+                // The transaction goes on, back at savepoint `i`: the store and counts of that
+                // savepoint (a compaction since then undone), without giving space back.
+                self.savepoints.retain(|(s, _)| *s <= i);
+                let snap = match self.savepoints.iter().find(|(s, _)| *s == i) {
+                    Some((_, Some(snap))) => Some(snap.clone()),
+                    _ => self.begin.clone(),
+                };
+                if let Some(snap) = snap {
+                    self.restore_state(&snap);
+                }
+                self.live = None;
+            }
+        }
+    }
+
+    /// After a transaction ended abnormally: no transaction, nothing cached that could be stale.
+    fn forget_transaction(&mut self) {
+        self.in_write = false;
+        self.begin = None;
+        self.savepoints.clear();
+        self.remapping = false;
+        self.remaps_written = None;
+        self.live = None;
+        // Forces the next read to reload `<t>_info` (and this connection's next write reloads it anyway).
+        self.data_version = -1;
+        // A compaction's old file (or an undone one's new file) may be an orphan now.
+        self.orphans_collected = false;
+    }
+}
+
+/// Which transaction hook failed ([`TableState::recover`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Failed {
+    /// xCommit: SQLite committed.
+    Commit,
+    /// xRollback: SQLite rolled back.
+    Rollback,
+    /// xRollbackTo(i): SQLite rolled back to savepoint `i`; the transaction continues.
+    RollbackTo(i32),
 }
