@@ -18,7 +18,7 @@ use crate::kernels::{Kernels, Row};
 use crate::store::RowsView;
 use crate::topk::{search, Hit, SearchParams, TopK};
 use crate::types::Metric;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -435,6 +435,25 @@ pub(crate) struct Shared<'a, 'v> {
     theta0: Vec<f32>,
     /// Polled after each block of rows (the caller returns `Cancelled` once it stopped).
     pub(crate) control: Option<&'a crate::control::Control>,
+    /// Per query, the smallest k-th distance any thread's full top-k has held ([`key`]-encoded):
+    /// each is the k-th smallest `D` of k distinct qualifying rows, so every thread may use it as its
+    /// bound `T'` (docs/design.md, the theorem's note on threads).
+    cap: Vec<AtomicU32>,
+}
+
+/// An `f32` as a `u32` whose unsigned order is the float's order (negative values flipped).
+fn key(f: f32) -> u32 {
+    let b = f.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// The inverse of [`key`].
+fn unkey(k: u32) -> f32 {
+    f32::from_bits(if k >> 31 == 1 { k & 0x7FFF_FFFF } else { !k })
 }
 
 /// One thread's running state.
@@ -500,6 +519,9 @@ impl<'a, 'v> Shared<'a, 'v> {
             beta,
             theta0,
             control: p.control,
+            cap: (0..nq)
+                .map(|_| AtomicU32::new(key(f32::INFINITY)))
+                .collect(),
         }
     }
 
@@ -537,8 +559,14 @@ impl<'a, 'v> Shared<'a, 'v> {
     ) {
         let q = &self.info[qi];
         let ld = self.bound.lower(q, s, xx, x);
-        let t = (top.worst() as f64).min(self.tmax);
+        let own = top.worst();
+        let shared = unkey(self.cap[qi].load(Ordering::Relaxed));
+        let t = (own.min(shared) as f64).min(self.tmax);
         if ld > t || ld.is_nan() {
+            if shared < own {
+                // Another thread's top-k is tighter than this one's θ was built from.
+                *theta = self.bound.filter(q, t).0;
+            }
             return;
         }
         self.rescore(qi, slot, theta, top, rescored);
@@ -570,10 +598,10 @@ impl<'a, 'v> Shared<'a, 'v> {
         top.push(d, slot);
         let after = top.worst();
         if after != before {
-            *theta = self
-                .bound
-                .filter(&self.info[qi], (after as f64).min(self.tmax))
-                .0;
+            // `after` is the k-th smallest D of k distinct rows: a valid T' for every thread.
+            let prev = unkey(self.cap[qi].fetch_min(key(after), Ordering::Relaxed));
+            let t = (after.min(prev) as f64).min(self.tmax);
+            *theta = self.bound.filter(&self.info[qi], t).0;
         }
     }
 
@@ -1154,6 +1182,26 @@ mod tests {
             "AMX block loop: best {best:.0} GFLOP per CPU-second = {:.1} % of the unit's peak {peak:.0}",
             100.0 * best / peak
         );
+    }
+
+    #[test]
+    fn key_orders_as_the_floats() {
+        let v = [
+            f32::NEG_INFINITY,
+            -3.0,
+            -0.0,
+            0.0,
+            1e-40,
+            0.5,
+            2.0,
+            f32::INFINITY,
+        ];
+        for w in v.windows(2) {
+            assert!(key(w[0]) <= key(w[1]), "{w:?}");
+        }
+        for x in v {
+            assert_eq!(unkey(key(x)).to_bits(), x.to_bits());
+        }
     }
 
     #[test]
