@@ -4,8 +4,7 @@
 //! Set PHENIX_BENCH_QUICK=1 to skip the 1M-row groups.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use faer::{Accum, MatMut, MatRef, Par};
-use phenix_benches::{random_store, random_vec, read_and_sum};
+use phenix_benches::{faer_gemm_only, random_store, random_vec, read_and_sum};
 use phenix_core::batch::{search_batch_with, BatchPath, TILE_ROWS};
 use phenix_core::control::Control;
 use phenix_core::topk::{search, SearchParams};
@@ -123,32 +122,7 @@ fn batched(c: &mut Criterion) {
             );
         }
         g.bench_function(BenchmarkId::new("faer_gemm_only", threads), |b| {
-            let qt = MatRef::from_row_major_slice(&queries, nq, dim).transpose();
-            let tiles = rows / TILE_ROWS;
-            b.iter(|| {
-                std::thread::scope(|s| {
-                    for t in 0..threads {
-                        let xt = &xt;
-                        s.spawn(move || {
-                            let mut out = vec![0f32; TILE_ROWS * nq];
-                            for _ in (t..tiles).step_by(threads) {
-                                let x = MatRef::from_row_major_slice(xt, TILE_ROWS, dim);
-                                let o =
-                                    MatMut::from_column_major_slice_mut(&mut out, TILE_ROWS, nq);
-                                faer::linalg::matmul::matmul(
-                                    o,
-                                    Accum::Replace,
-                                    x,
-                                    qt,
-                                    1.0f32,
-                                    Par::Seq,
-                                );
-                            }
-                            black_box(out[0])
-                        });
-                    }
-                })
-            })
+            b.iter(|| faer_gemm_only(&xt, &queries, rows, dim, threads))
         });
     }
     g.finish();

@@ -114,16 +114,25 @@ def main():
                 if r.get("unit_peak_gflops"):
                     extra = (f"  (unit peak in the same process: {r['unit_peak_gflops']:.0f} GFLOP/s wall, "
                              f"{r['unit_peak_per_cpu_s']:.0f} GFLOP per CPU-second; this path "
-                             f"{r['gflops_per_cpu_s']:.0f} per CPU-second)")
+                             f"{r['gflops_per_cpu_s']:.0f} per CPU-second, best run "
+                             f"{r['best_gflops_per_cpu_s']:.0f} = {100 * r['best_share_of_peak']:.1f} % of peak)")
                     print(extra)
-            # The exact paths must agree with each other exactly.
+            by = {r["what"]: r for r in res[1:]}
+            base = by.get("faer_gemm_f32")
+            for name in ("phenix_amx", "phenix_avx512bf16"):
+                if base and name in by:
+                    r = by[name]
+                    print(f"{name} vs faer GEMM alone: {base['seconds'] / r['seconds']:.2f}x wall, "
+                          f"{base['cpu_seconds'] / r['cpu_seconds']:.2f}x CPU; vs faiss: "
+                          f"{fs / r['seconds']:.2f}x wall, {fc / r['cpu_seconds']:.2f}x CPU")
+            # The exact paths (GEMM included) must agree with each other exactly.
             ref = None
-            for path in ("amx", "avx512bf16"):
+            for path in ("gemm", "amx", "avx512bf16"):
                 idf = os.path.join(dump, f"{path}.ids")
                 if os.path.exists(idf):
                     ids = np.fromfile(idf, dtype="<u8")
                     if ref is not None and not np.array_equal(ref, ids):
-                        print("ERROR: amx and avx512bf16 ids differ", file=sys.stderr)
+                        print(f"ERROR: the {path} ids differ from another exact path's", file=sys.stderr)
                         sys.exit(1)
                     ref = ids
 

@@ -69,4 +69,30 @@ pub fn read_and_sum(bytes: &[u8], threads: usize) -> u64 {
     })
 }
 
+/// faer's `f32` GEMM alone on the batched path's shapes, the reference the batched top-k is compared
+/// with: `rows / TILE_ROWS` products of one `TILE_ROWS × dim` tile `xt` (already `f32`: no conversion)
+/// by the `dim × nq` matrix of the row-major `queries`, into a scratch output (no selection), the tiles
+/// split over `threads`.
+pub fn faer_gemm_only(xt: &[f32], queries: &[f32], rows: usize, dim: usize, threads: usize) {
+    use faer::{Accum, MatMut, MatRef, Par};
+    use phenix_core::batch::TILE_ROWS;
+    let nq = queries.len() / dim;
+    let qt = MatRef::from_row_major_slice(queries, nq, dim).transpose();
+    let tiles = rows / TILE_ROWS;
+    let threads = threads.max(1);
+    std::thread::scope(|s| {
+        for th in 0..threads {
+            s.spawn(move || {
+                let mut out = vec![0f32; TILE_ROWS * nq];
+                for _ in (th..tiles).step_by(threads) {
+                    let x = MatRef::from_row_major_slice(xt, TILE_ROWS, dim);
+                    let o = MatMut::from_column_major_slice_mut(&mut out, TILE_ROWS, nq);
+                    faer::linalg::matmul::matmul(o, Accum::Replace, x, qt, 1.0f32, Par::Seq);
+                }
+                std::hint::black_box(out[0]);
+            });
+        }
+    });
+}
+
 pub mod compare;

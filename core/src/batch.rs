@@ -9,10 +9,10 @@
 //!   (rows, distances and tie order). The bound and its proof: docs/design.md, "Reduced-precision batch
 //!   scoring".
 //! - **`f32` GEMM** ([`BatchPath::Gemm`], every CPU and element type): rows are taken in tiles of
-//!   [`TILE_ROWS`], widened to `f32`, multiplied against all queries with faer's GEMM, and every query's
-//!   column of scores is turned into distances and offered to that query's [`TopK`]. The final hits are
-//!   re-scored with the one-query kernels, so reported distances are exactly the one-query path's; only
-//!   rows whose GEMM distances tie within rounding (~1e-6) at the k-th place can differ.
+//!   [`TILE_ROWS`], widened to `f32`, multiplied against all queries with faer's GEMM, and the same bound
+//!   (with `f32` GEMM's rounding error in place of `bf16`'s) keeps every row that could be in a query's
+//!   exact top-k; those are re-scored with the one-query kernels. The result equals
+//!   [`crate::topk::search`] too.
 //!
 //! Tiles (or row blocks) are split over threads; per-thread collectors are merged at the end.
 
@@ -21,10 +21,11 @@ use crate::error::{Error, Result};
 use crate::kernels::{Kernels, Row};
 use crate::lowp::{self, Unit};
 use crate::store::RowsView;
-use crate::topk::{Candidates, Hit, SearchParams, TopK};
+use crate::topk::{Candidates, Hit, SearchParams};
 use crate::types::{ElemType, Metric};
 use faer::{Accum, MatMut, MatRef, Par};
 use half::slice::HalfFloatSliceExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Which batched path to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,8 +101,7 @@ impl BatchPath {
 pub struct BatchStats {
     /// The path that ran (never `Auto`).
     pub path: BatchPath,
-    /// Query × row pairs re-scored with the one-query kernels after the reduced-precision filter
-    /// (0 on the GEMM path, which re-scores only its `k` winners per query).
+    /// Query × row pairs re-scored with the one-query kernels after the bound's filter.
     pub rescored: u64,
     /// Query × row pairs scored in all (queries × rows of the view).
     pub scored: u64,
@@ -227,12 +227,22 @@ pub fn search_batch_with(
             },
         ));
     }
+    if nq == 0 {
+        let stats = BatchStats {
+            path: BatchPath::Gemm,
+            rescored: 0,
+            scored,
+        };
+        return Ok((Vec::new(), stats));
+    }
+    let out = gemm(view, queries, p, metric, kernels, allow);
+    crate::control::check(p.control)?;
     let stats = BatchStats {
         path: BatchPath::Gemm,
-        rescored: 0,
+        rescored: out.rescored,
         scored,
     };
-    Ok((gemm(view, queries, p, metric, kernels, allow)?, stats))
+    Ok((out.hits, stats))
 }
 
 /// Microbenchmark of a reduced-precision path's unit: its dot-product instruction in a register- or
@@ -249,7 +259,11 @@ pub fn unit_peak_gflops(path: BatchPath, threads: usize, seconds: f64) -> Option
     lowp::peak_gflops(unit, threads, seconds)
 }
 
-/// The `f32` GEMM path.
+/// The `f32` GEMM path: faer scores tiles of [`TILE_ROWS`] rows against every query, and the bound of
+/// the reduced-precision paths — with the error of `f32` GEMM in place of `bf16` rounding — decides
+/// which rows are re-scored with the one-query kernels, so the result equals `topk::search`'s (rows,
+/// distances, tie order). `float32` rows outside the range the bound covers (an element not zero and
+/// not in `[2⁻²⁴, 2³²]` in magnitude) are re-scored for every query.
 fn gemm(
     view: &RowsView<'_>,
     queries: &[f32],
@@ -257,199 +271,162 @@ fn gemm(
     metric: Metric,
     kernels: Kernels,
     allow: Option<&Bitmap>,
-) -> Result<Vec<Vec<Hit>>> {
+) -> lowp::Outcome {
     let dim = view.layout().dim();
-    let nq = queries.len() / dim;
-    if nq == 0 {
-        return Ok(Vec::new());
-    }
-    let qnorm: Vec<f32> = queries
+    let bound = lowp::Bound::new(metric, dim, dim, lowp::Inputs::F32);
+    let sh = lowp::Shared::new(view, queries, p, metric, kernels, allow, bound, 0);
+    // What GEMM multiplies, as the bound assumes: q·2^σ (dot, l2) or q/|q| (cosine); zeros for a
+    // query outside the bound's range (answered by `topk::search` at the end).
+    let scaled: Vec<f32> = queries
         .chunks_exact(dim)
-        .map(|q| kernels.norm_squared(q).sqrt())
+        .zip(&sh.info)
+        .flat_map(|(q, info)| info.scaled(metric, q))
         .collect();
-
-    let rows = view.rows();
-    let ntiles = rows.div_ceil(TILE_ROWS);
+    let ntiles = view.rows().div_ceil(TILE_ROWS);
     let threads = p.threads.max(1).min(ntiles.max(1));
-    let ctx = Ctx {
-        kernels,
-        view,
-        queries,
-        qnorm: &qnorm,
-        metric,
-        allow,
-        deleted: p.deleted,
-        max_distance: p.max_distance,
-        k: p.k,
-        nq,
-        dim,
-    };
-    let mut tops = if threads == 1 {
-        ctx.scan_tiles(0, ntiles, p.control)
+    let next = AtomicUsize::new(0);
+    let states = if threads == 1 {
+        vec![scan_tiles(&sh, &scaled, &next, ntiles)]
     } else {
         std::thread::scope(|sc| {
-            let ctx = &ctx;
+            let (sh, scaled, next) = (&sh, &scaled, &next);
             let handles: Vec<_> = (1..threads)
-                .map(|t| {
-                    let (a, b) = part(ntiles, threads, t);
-                    sc.spawn(move || ctx.scan_tiles(a, b, p.control))
-                })
+                .map(|_| sc.spawn(move || scan_tiles(sh, scaled, next, ntiles)))
                 .collect();
-            let (a, b) = part(ntiles, threads, 0);
-            let mut first = ctx.scan_tiles(a, b, p.control);
-            for h in handles {
-                let other = h.join().expect("batch thread panicked");
-                for (mine, theirs) in first.iter_mut().zip(other) {
-                    mine.merge(theirs);
-                }
-            }
-            first
+            let mut v = vec![scan_tiles(sh, scaled, next, ntiles)];
+            v.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("batch thread panicked")),
+            );
+            v
         })
     };
-
-    crate::control::check(p.control)?;
-    // Re-score the winners with the one-query kernels so distances match `topk::search` exactly.
-    Ok(tops
-        .drain(..)
-        .enumerate()
-        .map(|(qi, top)| {
-            let q = &queries[qi * dim..(qi + 1) * dim];
-            let mut hits: Vec<Hit> = top
-                .into_sorted()
-                .into_iter()
-                .map(|h| Hit {
-                    slot: h.slot,
-                    distance: kernels.distance(metric, q, qnorm[qi], view.row(h.slot as usize)),
-                })
-                .filter(|h| p.max_distance.is_none_or(|t| h.distance < t))
-                .collect();
-            hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.slot.cmp(&b.slot)));
-            hits
-        })
-        .collect())
+    sh.finish(states, p)
 }
 
-fn part(n: usize, parts: usize, i: usize) -> (usize, usize) {
-    let base = n / parts;
-    let extra = n % parts;
-    let start = i * base + i.min(extra);
-    (start, start + base + usize::from(i < extra))
-}
-
-struct Ctx<'a, 'v> {
-    kernels: Kernels,
-    view: &'a RowsView<'v>,
-    queries: &'a [f32],
-    qnorm: &'a [f32],
-    metric: Metric,
-    allow: Option<&'a Bitmap>,
-    deleted: Option<&'a Bitmap>,
-    max_distance: Option<f32>,
-    k: usize,
-    nq: usize,
-    dim: usize,
-}
-
-impl Ctx<'_, '_> {
-    /// Scans tiles `[first, end)`, stopping early when `control` says so (the caller then checks it).
-    fn scan_tiles(
-        &self,
-        first: usize,
-        end: usize,
-        control: Option<&crate::control::Control>,
-    ) -> Vec<TopK> {
-        let (dim, nq) = (self.dim, self.nq);
-        let rows = self.view.rows();
-        let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(self.k, rows)).collect();
-        let mut xt = vec![0f32; TILE_ROWS * dim];
-        let mut xn = vec![0f32; TILE_ROWS];
-        let mut scores = vec![0f32; TILE_ROWS * nq];
-        let mut dist = vec![0f32; TILE_ROWS];
-        let mut ok = vec![true; TILE_ROWS];
-        let qt = MatRef::from_row_major_slice(self.queries, nq, dim).transpose();
-        let kernels = self.kernels;
-        // The distance bound in selection-key space (squared for L2), with slack for GEMM rounding;
-        // the exact bound is applied after re-scoring.
-        let key_bound = match (self.max_distance, self.metric) {
-            (None, _) => f32::INFINITY,
-            (Some(m), Metric::L2) => m.max(0.0) * m.max(0.0) * (1.0 + 1e-4) + 1e-5,
-            (Some(m), _) => m + 1e-4 * m.abs().max(1.0),
-        };
-        for tile in first..end {
-            let r0 = tile * TILE_ROWS;
-            let t = TILE_ROWS.min(rows - r0);
-            // Which rows of the tile may be returned.
-            let mut any = false;
-            for (j, o) in ok[..t].iter_mut().enumerate() {
-                let s = r0 + j;
-                *o = self.allow.is_none_or(|a| a.contains(s))
-                    && !self.deleted.is_some_and(|d| d.contains(s));
-                any |= *o;
-            }
-            if !crate::control::step(control, t as u64) {
-                break;
-            }
-            if !any {
-                continue;
-            }
-            for j in 0..t {
-                let dst = &mut xt[j * dim..(j + 1) * dim];
-                match self.view.row(r0 + j) {
-                    Row::F16(x) => x.convert_to_f32_slice(dst),
-                    Row::F32(x) => dst.copy_from_slice(x),
-                }
-                // Cosine keeps 1/|x| (0 for a zero row, which then scores cos = 0, distance 1, as the
-                // one-query kernels define it); L2 keeps |x|².
-                xn[j] = match self.metric {
-                    Metric::Dot => 0.0,
-                    Metric::L2 => kernels.norm_squared(dst),
-                    Metric::Cosine => {
-                        let n = kernels.norm_squared(dst).sqrt();
-                        if n > 0.0 {
-                            1.0 / n
-                        } else {
-                            0.0
-                        }
+/// One GEMM thread: takes tiles from `next` until none are left.
+fn scan_tiles(
+    sh: &lowp::Shared<'_, '_>,
+    scaled: &[f32],
+    next: &AtomicUsize,
+    ntiles: usize,
+) -> lowp::ThreadState {
+    let (dim, nq) = (sh.dim, sh.nq);
+    let rows = sh.view.rows();
+    let mut st = sh.state();
+    let mut xt = vec![0f32; TILE_ROWS * dim];
+    // Per row of the tile: f32 squared norm, norm bound, filter terms (NaN: never passes).
+    let mut xx = vec![0f32; TILE_ROWS];
+    let mut xn = vec![0f32; TILE_ROWS];
+    let mut fa = vec![0f32; TILE_ROWS];
+    let mut fb = vec![0f32; TILE_ROWS];
+    // Allowed rows the bound does not cover: re-scored for every query.
+    let mut wild: Vec<usize> = Vec::new();
+    let mut scores = vec![0f32; TILE_ROWS * nq];
+    let qt = MatRef::from_row_major_slice(scaled, nq, dim).transpose();
+    loop {
+        let tile = next.fetch_add(1, Ordering::Relaxed);
+        if tile >= ntiles {
+            break;
+        }
+        let r0 = tile * TILE_ROWS;
+        let t = TILE_ROWS.min(rows - r0);
+        // Stopped: leave (the caller then returns `Cancelled`).
+        if !crate::control::step(sh.control, t as u64) {
+            break;
+        }
+        wild.clear();
+        let mut any = false;
+        for j in 0..t {
+            let s = r0 + j;
+            let dst = &mut xt[j * dim..(j + 1) * dim];
+            let ok = sh.allowed(s);
+            let tame = ok
+                && match sh.view.row(s) {
+                    Row::F16(x) => {
+                        x.convert_to_f32_slice(dst);
+                        true
+                    }
+                    Row::F32(x) => {
+                        dst.copy_from_slice(x);
+                        lowp::tame_f32(x)
                     }
                 };
+            if !tame {
+                if ok {
+                    wild.push(j);
+                }
+                dst.fill(0.0);
+                fa[j] = f32::NAN;
+                fb[j] = f32::NAN;
+                continue;
             }
+            any = true;
+            let n2 = sh.kernels.norm_squared(dst);
+            let (a, b, x) = sh.bound.row_terms(n2);
+            (xx[j], xn[j], fa[j], fb[j]) = (n2, x, a, b);
+            if sh.metric == Metric::Cosine {
+                // x/|x| with the f32 norm (the zero row stays zero: cosine 0, distance 1).
+                let r = if n2 > 0.0 {
+                    (1.0 / (n2 as f64).sqrt()) as f32
+                } else {
+                    0.0
+                };
+                dst.iter_mut().for_each(|v| *v *= r);
+            }
+        }
+        if any {
             let x = MatRef::from_row_major_slice(&xt[..t * dim], t, dim);
             let out = MatMut::from_column_major_slice_mut(&mut scores[..t * nq], t, nq);
             faer::linalg::matmul::matmul(out, Accum::Replace, x, qt, 1.0f32, Par::Seq);
-            let all_ok = ok[..t].iter().all(|&o| o);
-            for (qi, top) in tops.iter_mut().enumerate() {
-                let col = &scores[qi * t..(qi + 1) * t];
-                // Selection keys, monotonic in the distance: cosine distance, squared L2, -dot. Written
-                // as plain element-wise loops so they vectorise; final distances are re-scored later.
-                let qn = self.qnorm[qi];
-                match self.metric {
-                    Metric::Dot => {
-                        for (d, s) in dist[..t].iter_mut().zip(col) {
-                            *d = -*s;
-                        }
-                    }
-                    Metric::L2 => {
-                        let qq = qn * qn;
-                        for ((d, s), xx) in dist[..t].iter_mut().zip(col).zip(&xn[..t]) {
-                            *d = qq + xx - 2.0 * s;
-                        }
-                    }
-                    Metric::Cosine => {
-                        let iq = if qn > 0.0 { 1.0 / qn } else { 0.0 };
-                        for ((d, s), ix) in dist[..t].iter_mut().zip(col).zip(&xn[..t]) {
-                            *d = 1.0 - s * ix * iq;
-                        }
-                    }
+            for qi in 0..nq {
+                if !sh.info[qi].safe {
+                    continue;
                 }
-                let bound = key_bound;
-                for j in 0..t {
-                    let d = dist[j];
-                    if d <= top.worst() && d < bound && (all_ok || ok[j]) {
-                        top.push(d, (r0 + j) as u64);
+                let col = &scores[qi * t..(qi + 1) * t];
+                let (al, be) = (sh.alpha[qi], sh.beta[qi]);
+                // The pre-filter `s ≥ θ + α·fa − β·fb` on 16 rows at a time (vectorised, no branch);
+                // rows of a group with a pass go to the exact bound test one by one, against the
+                // query's current θ (which tightens as rows enter).
+                for j0 in (0..t).step_by(16) {
+                    let j1 = (j0 + 16).min(t);
+                    let th = st.theta[qi];
+                    let mut pass = false;
+                    for j in j0..j1 {
+                        pass |= col[j] >= th + al * fa[j] - be * fb[j];
+                    }
+                    if !pass {
+                        continue;
+                    }
+                    for j in j0..j1 {
+                        if col[j] >= st.theta[qi] + al * fa[j] - be * fb[j] {
+                            sh.offer(
+                                qi,
+                                (r0 + j) as u64,
+                                col[j],
+                                xx[j],
+                                xn[j],
+                                &mut st.theta[qi],
+                                &mut st.tops[qi],
+                                &mut st.rescored,
+                            );
+                        }
                     }
                 }
             }
         }
-        tops
+        for &j in &wild {
+            for qi in (0..nq).filter(|&qi| sh.info[qi].safe) {
+                sh.rescore(
+                    qi,
+                    (r0 + j) as u64,
+                    &mut st.theta[qi],
+                    &mut st.tops[qi],
+                    &mut st.rescored,
+                );
+            }
+        }
     }
+    st
 }

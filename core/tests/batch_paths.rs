@@ -25,6 +25,10 @@ enum Data {
     NearDup,
     /// Zero rows, rows at ±65504, f16 subnormals (6e-8), and ordinary rows mixed.
     Extreme,
+    /// Permutations of one vector, against constant queries: every score is the same in exact
+    /// arithmetic and differs only by the summation order's rounding, which GEMM and the one-query
+    /// kernels do differently.
+    Permuted,
 }
 
 fn rows_for(data: Data, n: usize, dim: usize, rng: &mut Rng) -> Vec<Vec<f32>> {
@@ -48,6 +52,13 @@ fn rows_for(data: Data, n: usize, dim: usize, rng: &mut Rng) -> Vec<Vec<f32>> {
                         };
                         v[j] = half::f16::from_bits(nb).to_f32();
                     }
+                }
+                v
+            }
+            Data::Permuted => {
+                let mut v = base.clone();
+                for j in (1..dim).rev() {
+                    v.swap(j, rng.below(j as u64 + 1) as usize);
                 }
                 v
             }
@@ -81,6 +92,12 @@ fn queries_for(data: Data, rows: &[Vec<f32>], nq: usize, dim: usize, rng: &mut R
             // Outside the bound's range: answered by the exact path.
             (Data::Extreme, 3) => rng.vec(dim, 1e30),
             (Data::Extreme, 4) => vec![0.0; dim],
+            (Data::Permuted, 1..=3) => vec![0.3 + i as f32; dim],
+            (Data::Permuted, _) => {
+                // Equal values on a few blocks of coordinates, so partial sums tie too.
+                let c = rng.vec(4, 1.0);
+                (0..dim).map(|d| c[d % 4]).collect()
+            }
             (Data::NearDup, _) => {
                 let mut v = rows[0].clone();
                 v[i % dim] += 1e-3;
@@ -94,19 +111,21 @@ fn queries_for(data: Data, rows: &[Vec<f32>], nq: usize, dim: usize, rng: &mut R
 }
 
 fn store_of(rows: &[Vec<f32>], dim: usize, metric: Metric) -> VectorStore {
-    let mut s = VectorStore::in_memory(Layout::new(dim, ElemType::F16, metric).unwrap());
+    store_of_elem(rows, dim, metric, ElemType::F16)
+}
+
+fn store_of_elem(rows: &[Vec<f32>], dim: usize, metric: Metric, elem: ElemType) -> VectorStore {
+    let mut s = VectorStore::in_memory(Layout::new(dim, elem, metric).unwrap());
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     s.append(&flat).unwrap();
     s.set_committed(rows.len() as u64).unwrap();
     s
 }
 
-fn reduced_paths() -> Vec<BatchPath> {
-    let v: Vec<BatchPath> = BatchPath::available()
-        .into_iter()
-        .filter(|p| *p != BatchPath::Gemm)
-        .collect();
-    if v.is_empty() {
+/// Every path this CPU runs, GEMM included (each is forced through `search_batch_with`).
+fn all_paths() -> Vec<BatchPath> {
+    let v = BatchPath::available();
+    if v == [BatchPath::Gemm] {
         eprintln!("no reduced-precision batch path on this CPU: only GEMM is exercised");
     }
     v
@@ -127,7 +146,13 @@ fn check(
     let n = rows.len();
     let view = store.view(n as u64).unwrap();
     let (got, stats) = search_batch_with(&view, queries, p, path).unwrap();
-    assert_eq!(stats.path, path, "{what}: ran {:?}", stats.path);
+    // float32 stores run GEMM whatever path is asked for.
+    let want_path = if view.layout().elem() == ElemType::F32 {
+        BatchPath::Gemm
+    } else {
+        path
+    };
+    assert_eq!(stats.path, want_path, "{what}: ran {:?}", stats.path);
     assert_eq!(got.len(), queries.len() / dim);
     let metric = p.metric.unwrap_or(view.layout().metric());
     for (qi, hits) in got.iter().enumerate() {
@@ -142,6 +167,10 @@ fn check(
         assert!(hits.len() <= want.len(), "{what}: q{qi} count");
         let qn = dot64(q, q).sqrt();
         for (h, w) in hits.iter().zip(&want) {
+            if !h.distance.is_finite() {
+                // Past f32's range (float32 rows near f32::MAX): the bit-equality above is the check.
+                continue;
+            }
             let x = &rows[h.slot as usize];
             let own = dist64(metric, q, x);
             let scale = qn * dot64(x, x).sqrt().max(dot64(&rows[w.0], &rows[w.0]).sqrt());
@@ -180,8 +209,14 @@ fn paths_available_on_this_cpu() {
 
 #[test]
 fn every_path_equals_the_exact_path_on_adversarial_data() {
-    let paths = reduced_paths();
-    for data in [Data::Random, Data::Ties, Data::NearDup, Data::Extreme] {
+    let paths = all_paths();
+    for data in [
+        Data::Random,
+        Data::Ties,
+        Data::NearDup,
+        Data::Extreme,
+        Data::Permuted,
+    ] {
         for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
             for &dim in &[40usize] {
                 let mut rng = Rng(17 + dim as u64);
@@ -205,7 +240,7 @@ fn every_path_equals_the_exact_path_on_adversarial_data() {
 
 #[test]
 fn filters_threshold_and_kernel_paths_are_honoured() {
-    let paths = reduced_paths();
+    let paths = all_paths();
     let dim = 33; // padded to 64 inside the unit
     let n = 1500;
     let mut rng = Rng(5);
@@ -243,7 +278,7 @@ fn filters_threshold_and_kernel_paths_are_honoured() {
 
 #[test]
 fn property_random_configurations_match_the_exact_path() {
-    let paths = reduced_paths();
+    let paths = all_paths();
     if paths.is_empty() {
         return;
     }
@@ -253,7 +288,13 @@ fn property_random_configurations_match_the_exact_path() {
         .unwrap_or(12u64);
     let mut rng = Rng(2024);
     for case in 0..cases {
-        let data = [Data::Random, Data::Ties, Data::NearDup, Data::Extreme][rng.below(4) as usize];
+        let data = [
+            Data::Random,
+            Data::Ties,
+            Data::NearDup,
+            Data::Extreme,
+            Data::Permuted,
+        ][rng.below(5) as usize];
         let metric = [Metric::Cosine, Metric::L2, Metric::Dot][rng.below(3) as usize];
         let dim = 1 + rng.below(100) as usize;
         let n = 1 + rng.below(1200) as usize;
@@ -277,10 +318,78 @@ fn property_random_configurations_match_the_exact_path() {
     }
 }
 
+/// float32 stores (GEMM is their only batched path): near-ties by permutation, rows differing by one
+/// f32 ulp, and rows outside the range the bound covers (huge, tiny and subnormal elements), which
+/// must be re-scored rather than trusted to GEMM's f32 sums.
+#[test]
+fn float32_stores_equal_the_exact_path() {
+    let dim = 24;
+    let mut rng = Rng(99);
+    let base = rng.vec(dim, 1.0);
+    let rows: Vec<Vec<f32>> = (0..700)
+        .map(|i| match i % 9 {
+            0 => {
+                let mut v = base.clone();
+                for j in (1..dim).rev() {
+                    v.swap(j, rng.below(j as u64 + 1) as usize);
+                }
+                v
+            }
+            1 => {
+                let mut v = base.clone();
+                let j = rng.below(dim as u64) as usize;
+                v[j] = if rng.below(2) == 0 {
+                    v[j].next_up()
+                } else {
+                    v[j].next_down()
+                };
+                v
+            }
+            2 => rng.vec(dim, 1e20),
+            3 => rng.vec(dim, 1e-30),
+            4 => rng.vec(dim, 1e-40), // f32 subnormals
+            5 => {
+                let mut v = rng.vec(dim, 1.0);
+                v[0] = 3.0e38;
+                v
+            }
+            6 => vec![0.0; dim],
+            7 => rng.vec(dim, 1e9), // large but inside the row range the bound covers
+            _ => rng.vec(dim, 1.0),
+        })
+        .collect();
+    let mut queries = Vec::new();
+    for i in 0..18 {
+        queries.extend(match i % 6 {
+            0 => base.clone(),
+            1 => vec![0.7; dim],
+            // Inside the query range the bound covers ([2^-32, 2^32]).
+            2 => rng.vec(dim, 1e-8),
+            3 => rng.vec(dim, 1e8),
+            _ => rng.vec(dim, 1.0),
+        });
+    }
+    for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+        let mut store = store_of_elem(&rows, dim, metric, ElemType::F32);
+        let del = Bitmap::from_fn(rows.len(), |i| i % 11 == 4);
+        for (k, threads) in [(1, 1), (7, 2), (40, 3)] {
+            let mut p = SearchParams::new(k);
+            p.threads = threads;
+            p.deleted = Some(&del);
+            for path in [BatchPath::Gemm, BatchPath::Auto] {
+                let what = format!("f32 {metric} k {k} t {threads} {path:?}");
+                check(&what, path, &mut store, &rows, &queries, dim, &p, &|i| {
+                    i % 11 != 4
+                });
+            }
+        }
+    }
+}
+
 #[test]
 fn rescored_share_is_small_on_random_data() {
     // The bound is useful, not just safe: on 256-d random cosine data few rows are re-scored.
-    let paths = reduced_paths();
+    let paths = all_paths();
     let dim = 256;
     let n = 4096;
     let mut rng = Rng(77);

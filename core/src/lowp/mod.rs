@@ -18,7 +18,7 @@ use crate::kernels::{Kernels, Row};
 use crate::store::RowsView;
 use crate::topk::{search, Hit, SearchParams, TopK};
 use crate::types::Metric;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -95,6 +95,16 @@ pub(crate) fn bf16_rne(x: f32) -> u16 {
     (b.wrapping_add(r) >> 16) as u16
 }
 
+/// How a scorer treats its operands (the first step of Lemma 1 in docs/design.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Inputs {
+    /// Rounded to `bf16`, exact products, `f32` accumulation, subnormals flushed (the AMX and
+    /// AVX512-BF16 units).
+    Bf16,
+    /// `f32` as given, rounded `f32` products and sums (faer's GEMM).
+    F32,
+}
+
 /// The error constants for one dimension and metric (docs/design.md names them the same way).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bound {
@@ -117,19 +127,26 @@ pub(crate) struct Bound {
 }
 
 impl Bound {
-    /// `dim` the table's dimension, `dp` it rounded up to a multiple of 32 (terms summed by the unit).
-    pub(crate) fn new(metric: Metric, dim: usize, dp: usize) -> Bound {
+    /// `dim` the table's dimension, `dp` the number of terms the scorer sums (`dim` rounded up to a
+    /// multiple of 32 for the units, `dim` for GEMM), `inputs` how the scorer rounds its operands.
+    pub(crate) fn new(metric: Metric, dim: usize, dp: usize, inputs: Inputs) -> Bound {
         let n = dim as f64;
         let np = dp as f64;
-        let u = U_BF16;
-        let e_dot = 2.0 * u + u * u + gamma(np) * (1.0 + u) * (1.0 + u) + 2f64.powi(-100);
+        // bf16 units: operands rounded to bf16 (u = 2^-8), products exact (16 significant bits), n
+        // rounded additions. f32 GEMM: operands used as given (u = 0), each product rounded too, so a
+        // term sees at most n + 1 roundings (any summation order, with or without FMA).
+        let (u, g_sum) = match inputs {
+            Inputs::Bf16 => (U_BF16, gamma(np)),
+            Inputs::F32 => (0.0, gamma(np + 1.0)),
+        };
+        let e_dot = 2.0 * u + u * u + g_sum * (1.0 + u) * (1.0 + u) + 2f64.powi(-100);
         let g_rows = gamma(n);
         // Cosine: queries normalised in f64 (≤ 2^-36), rounded to f32 then bf16; rows normalised with
         // their f32 norm (γ_n), f32 ops and bf16.
         let eps_q = (1.0 + 2f64.powi(-36)) * (1.0 + U_F32) * (1.0 + u) - 1.0;
         let eps_x =
             (1.0 + g_rows) * (1.0 + 2f64.powi(-50)) * (1.0 + U_F32).powi(2) * (1.0 + u) - 1.0;
-        let e_cos = (1.0 + eps_q) * (1.0 + eps_x) * (1.0 + gamma(np)) - 1.0 + 2f64.powi(-99);
+        let e_cos = (1.0 + eps_q) * (1.0 + eps_x) * (1.0 + g_sum) - 1.0 + 2f64.powi(-99);
         let delta_c = 4.0 * gamma(n + 8.0) + 2f64.powi(-60);
         Bound {
             metric,
@@ -231,6 +248,17 @@ impl Bound {
     }
 }
 
+/// Whether a `float32` row is in the range the bound covers: every element zero or of magnitude in
+/// `[2⁻²⁴, 2³²]` (every `float16` row is). Rows outside it are re-scored for every query.
+pub(crate) fn tame_f32(x: &[f32]) -> bool {
+    const LO: f32 = 1.0 / 16_777_216.0; // 2^-24
+    const HI: f32 = 4_294_967_296.0; // 2^32
+    x.iter().fold(true, |ok, &v| {
+        let a = v.abs();
+        ok & (a == 0.0 || (LO..=HI).contains(&a))
+    })
+}
+
 /// What the bound needs to know about one query.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct QueryInfo {
@@ -264,7 +292,7 @@ impl QueryInfo {
     }
 
     /// The `f32` values the unit multiplies (before `bf16` rounding): `q·2^σ`, or `q/|q|` for cosine.
-    fn scaled(&self, metric: Metric, q: &[f32]) -> Vec<f32> {
+    pub(crate) fn scaled(&self, metric: Metric, q: &[f32]) -> Vec<f32> {
         if !self.safe {
             return vec![0.0; q.len()];
         }
@@ -290,8 +318,10 @@ pub(crate) fn thread_cpu_seconds() -> f64 {
 }
 
 /// The unit's peak on `threads` threads for about `seconds`: `(GFLOP/s of wall time over all threads,
-/// GFLOP per CPU-second of one thread)` (a multiply-add = 2). The second figure does not depend on how
-/// much of the machine other processes take. `None` if the unit is not supported.
+/// GFLOP per CPU-second of one thread)` (a multiply-add = 2). The second figure is the best of the
+/// ~10 ms windows each thread ran (FLOPs over the thread's CPU time in the window): on a shared VM even
+/// the CPU time a thread gets runs slower while other tenants use the core's sibling or the caches,
+/// and the best window is the unit's own rate. `None` if the unit is not supported.
 pub(crate) fn peak_gflops(unit: Unit, threads: usize, seconds: f64) -> Option<(f64, f64)> {
     if !unit.supported() {
         return None;
@@ -300,34 +330,35 @@ pub(crate) fn peak_gflops(unit: Unit, threads: usize, seconds: f64) -> Option<(f
     {
         let run = || {
             let t0 = std::time::Instant::now();
-            let c0 = thread_cpu_seconds();
             let mut flops = 0.0;
+            let mut best: f64 = 0.0;
             // SAFETY: the unit is supported (checked above); AMX gets its tile configuration first.
             let _g = (unit == Unit::Amx).then(|| unsafe { x86::AmxGuard::new() });
             while t0.elapsed().as_secs_f64() < seconds {
-                flops += match unit {
-                    // SAFETY: as above.
-                    Unit::Amx => unsafe { x86::amx_peak(1 << 18) },
-                    // SAFETY: as above.
-                    Unit::Avx512Bf16 => unsafe { x86::dpbf16_peak(1 << 18) },
-                };
+                let w0 = thread_cpu_seconds();
+                let mut f = 0.0;
+                while thread_cpu_seconds() - w0 < 0.01 {
+                    f += match unit {
+                        // SAFETY: as above.
+                        Unit::Amx => unsafe { x86::amx_peak(1 << 12) },
+                        // SAFETY: as above.
+                        Unit::Avx512Bf16 => unsafe { x86::dpbf16_peak(1 << 12) },
+                    };
+                }
+                best = best.max(f / (thread_cpu_seconds() - w0));
+                flops += f;
             }
-            (
-                flops / t0.elapsed().as_secs_f64(),
-                flops,
-                thread_cpu_seconds() - c0,
-            )
+            (flops / t0.elapsed().as_secs_f64(), best)
         };
-        let r: Vec<(f64, f64, f64)> = std::thread::scope(|s| {
+        let r: Vec<(f64, f64)> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(run)).collect();
             hs.into_iter()
                 .map(|h| h.join().expect("peak thread"))
                 .collect()
         });
         let wall: f64 = r.iter().map(|x| x.0).sum();
-        let flops: f64 = r.iter().map(|x| x.1).sum();
-        let cpu: f64 = r.iter().map(|x| x.2).sum();
-        Some((wall / 1e9, flops / cpu.max(1e-9) / 1e9))
+        let best = r.iter().map(|x| x.1).fold(0.0, f64::max);
+        Some((wall / 1e9, best / 1e9))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -380,104 +411,271 @@ pub(crate) struct Outcome {
     pub(crate) rescored: u64,
 }
 
-/// Everything a scan thread reads.
-struct Ctx<'a, 'v> {
-    unit: Unit,
-    view: &'a RowsView<'v>,
-    kernels: Kernels,
-    metric: Metric,
+/// What every scan thread of a batched search shares, whatever scores the rows (a reduced-precision
+/// unit here, faer's `f32` GEMM in [`crate::batch`]): the queries, the bound, and the exact re-scoring of
+/// the rows the bound keeps.
+pub(crate) struct Shared<'a, 'v> {
+    pub(crate) view: &'a RowsView<'v>,
+    pub(crate) kernels: Kernels,
+    pub(crate) metric: Metric,
     allow: Option<&'a Bitmap>,
     deleted: Option<&'a Bitmap>,
     tmax: f64,
     k: usize,
-    dim: usize,
-    dp: usize,
-    nq: usize,
-    nqp: usize,
-    bound: Bound,
-    info: &'a [QueryInfo],
+    pub(crate) dim: usize,
+    pub(crate) nq: usize,
+    pub(crate) bound: Bound,
+    pub(crate) info: Vec<QueryInfo>,
     /// The queries (row-major) and their `f32` norms as `topk::search` computes them.
     queries: &'a [f32],
-    qnorm: &'a [f32],
-    /// VNNI-packed queries (see `x86`).
-    qv: &'a [u16],
-    /// Per-query α, β (fixed) and the initial θ.
-    alpha: &'a [f32],
-    beta: &'a [f32],
-    theta0: &'a [f32],
-    /// Polled after each block (the caller returns `Cancelled` once it stopped).
-    control: Option<&'a crate::control::Control>,
+    qnorm: Vec<f32>,
+    /// Per-query α, β (fixed) and the initial θ, padded with never-passing queries to `pad`.
+    pub(crate) alpha: Vec<f32>,
+    pub(crate) beta: Vec<f32>,
+    theta0: Vec<f32>,
+    /// Polled after each block of rows (the caller returns `Cancelled` once it stopped).
+    pub(crate) control: Option<&'a crate::control::Control>,
+    /// Per query, the smallest k-th distance any thread's full top-k has held ([`key`]-encoded):
+    /// each is the k-th smallest `D` of k distinct qualifying rows, so every thread may use it as its
+    /// bound `T'` (docs/design.md, the theorem's note on threads).
+    cap: Vec<AtomicU32>,
+}
+
+/// An `f32` as a `u32` whose unsigned order is the float's order (negative values flipped).
+fn key(f: f32) -> u32 {
+    let b = f.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// The inverse of [`key`].
+fn unkey(k: u32) -> f32 {
+    f32::from_bits(if k >> 31 == 1 { k & 0x7FFF_FFFF } else { !k })
 }
 
 /// One thread's running state.
-struct ThreadState {
-    theta: Vec<f32>,
+pub(crate) struct ThreadState {
+    /// Per query, the pre-filter threshold θ for the current bound.
+    pub(crate) theta: Vec<f32>,
     /// Per query, the `k` best rows re-scored so far, by `(D, slot)` with the one-query kernels.
-    tops: Vec<TopK>,
+    pub(crate) tops: Vec<TopK>,
     /// Rows re-scored.
-    rescored: u64,
+    pub(crate) rescored: u64,
+}
+
+impl<'a, 'v> Shared<'a, 'v> {
+    /// `queries` validated (finite, a multiple of the view's dimension); `bound` for the scorer;
+    /// `pad` ≥ the query count, the length of the per-query filter vectors.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        view: &'a RowsView<'v>,
+        queries: &'a [f32],
+        p: &SearchParams<'a>,
+        metric: Metric,
+        kernels: Kernels,
+        allow: Option<&'a Bitmap>,
+        bound: Bound,
+        pad: usize,
+    ) -> Self {
+        let dim = view.layout().dim();
+        let nq = queries.len() / dim;
+        let tmax = p.max_distance.map_or(f64::INFINITY, |t| t as f64);
+        let info: Vec<QueryInfo> = queries
+            .chunks_exact(dim)
+            .map(|q| QueryInfo::new(metric, q))
+            .collect();
+        let pad = pad.max(nq);
+        let mut alpha = vec![0f32; pad];
+        let mut beta = vec![0f32; pad];
+        let mut theta0 = vec![f32::INFINITY; pad];
+        for (qi, q) in info.iter().enumerate() {
+            let (t, a, b) = bound.filter(q, tmax);
+            theta0[qi] = t;
+            alpha[qi] = a;
+            beta[qi] = b;
+        }
+        let qnorm: Vec<f32> = queries
+            .chunks_exact(dim)
+            .map(|q| kernels.norm_squared(q).sqrt())
+            .collect();
+        Shared {
+            view,
+            kernels,
+            metric,
+            allow,
+            deleted: p.deleted,
+            tmax,
+            k: p.k,
+            dim,
+            nq,
+            bound,
+            info,
+            queries,
+            qnorm,
+            alpha,
+            beta,
+            theta0,
+            control: p.control,
+            cap: (0..nq)
+                .map(|_| AtomicU32::new(key(f32::INFINITY)))
+                .collect(),
+        }
+    }
+
+    /// A fresh thread state.
+    pub(crate) fn state(&self) -> ThreadState {
+        ThreadState {
+            theta: self.theta0.clone(),
+            tops: (0..self.nq).map(|_| TopK::new(self.k, 64)).collect(),
+            rescored: 0,
+        }
+    }
+
+    /// Whether slot `s` may be returned (candidate filter and deleted slots).
+    #[inline]
+    pub(crate) fn allowed(&self, s: usize) -> bool {
+        self.allow.is_none_or(|a| a.contains(s)) && !self.deleted.is_some_and(|d| d.contains(s))
+    }
+
+    /// A score that passed the `f32` filter: if its row's `LD` is within the query's bound `T` (the
+    /// k-th smallest exact distance re-scored so far, or the threshold), re-score the row exactly with
+    /// the one-query kernels and keep it in the query's top-k, which tightens `T`. Memory stays `O(k)`
+    /// per query however many rows tie.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(crate) fn offer(
+        &self,
+        qi: usize,
+        slot: u64,
+        s: f32,
+        xx: f32,
+        x: f32,
+        theta: &mut f32,
+        top: &mut TopK,
+        rescored: &mut u64,
+    ) {
+        let q = &self.info[qi];
+        let ld = self.bound.lower(q, s, xx, x);
+        let own = top.worst();
+        let shared = unkey(self.cap[qi].load(Ordering::Relaxed));
+        let t = (own.min(shared) as f64).min(self.tmax);
+        if ld > t || ld.is_nan() {
+            if shared < own {
+                // Another thread's top-k is tighter than this one's θ was built from.
+                *theta = self.bound.filter(q, t).0;
+            }
+            return;
+        }
+        self.rescore(qi, slot, theta, top, rescored);
+    }
+
+    /// Re-scores row `slot` for query `qi` exactly and offers it to the query's top-k (rows the bound
+    /// does not cover go straight here).
+    #[inline]
+    pub(crate) fn rescore(
+        &self,
+        qi: usize,
+        slot: u64,
+        theta: &mut f32,
+        top: &mut TopK,
+        rescored: &mut u64,
+    ) {
+        *rescored += 1;
+        let d = self.kernels.distance(
+            self.metric,
+            &self.queries[qi * self.dim..(qi + 1) * self.dim],
+            self.qnorm[qi],
+            self.view.row(slot as usize),
+        );
+        // As `topk::search`: rows at or past the threshold (and NaN) never enter.
+        if self.tmax < f64::INFINITY && (d.is_nan() || d as f64 >= self.tmax) {
+            return;
+        }
+        let before = top.worst();
+        top.push(d, slot);
+        let after = top.worst();
+        if after != before {
+            // `after` is the k-th smallest D of k distinct rows: a valid T' for every thread.
+            let prev = unkey(self.cap[qi].fetch_min(key(after), Ordering::Relaxed));
+            let t = (after.min(prev) as f64).min(self.tmax);
+            *theta = self.bound.filter(&self.info[qi], t).0;
+        }
+    }
+
+    /// Merges the threads' top-k lists; queries outside the bound's range go to `topk::search`.
+    pub(crate) fn finish(&self, states: Vec<ThreadState>, p: &SearchParams<'_>) -> Outcome {
+        let mut tops: Vec<Option<TopK>> = (0..self.nq).map(|_| None).collect();
+        let mut rescored = 0u64;
+        for st in states {
+            rescored += st.rescored;
+            for (qi, top) in st.tops.into_iter().enumerate() {
+                match &mut tops[qi] {
+                    Some(t) => t.merge(top),
+                    None => tops[qi] = Some(top),
+                }
+            }
+        }
+        let mut hits = Vec::with_capacity(self.nq);
+        for (qi, top) in tops.into_iter().enumerate() {
+            if !self.info[qi].safe {
+                let q = &self.queries[qi * self.dim..(qi + 1) * self.dim];
+                let mut sp = *p;
+                sp.candidates = match self.allow {
+                    Some(b) => crate::topk::Candidates::Bitmap(b),
+                    None => crate::topk::Candidates::All,
+                };
+                sp.kernels = Some(self.kernels);
+                sp.metric = Some(self.metric);
+                // Validated queries fail only when stopped (the caller then returns `Cancelled`).
+                hits.push(search(self.view, q, &sp).unwrap_or_default());
+                continue;
+            }
+            hits.push(top.map_or_else(Vec::new, TopK::into_sorted));
+        }
+        Outcome { hits, rescored }
+    }
+}
+
+/// Everything a unit scan thread reads.
+struct Ctx<'s, 'a, 'v> {
+    sh: &'s Shared<'a, 'v>,
+    unit: Unit,
+    dp: usize,
+    nqp: usize,
+    /// VNNI-packed queries (see `x86`).
+    qv: &'s [u16],
 }
 
 /// The reduced-precision batch search. `queries` are validated (finite, a multiple of `dim`); the view
 /// holds `float16` rows.
-pub(crate) fn search_batch(
+pub(crate) fn search_batch<'a>(
     unit: Unit,
-    view: &RowsView<'_>,
-    queries: &[f32],
-    p: &SearchParams<'_>,
+    view: &'a RowsView<'_>,
+    queries: &'a [f32],
+    p: &SearchParams<'a>,
     metric: Metric,
     kernels: Kernels,
-    allow: Option<&Bitmap>,
+    allow: Option<&'a Bitmap>,
 ) -> Outcome {
     let dim = view.layout().dim();
     let nq = queries.len() / dim;
     let dp = dim.div_ceil(32) * 32;
     let nqp = nq.div_ceil(32) * 32;
-    let bound = Bound::new(metric, dim, dp);
-    let tmax = p.max_distance.map_or(f64::INFINITY, |t| t as f64);
-    let info: Vec<QueryInfo> = queries
-        .chunks_exact(dim)
-        .map(|q| QueryInfo::new(metric, q))
-        .collect();
-    let qv_buf = pack_queries(&info, metric, queries, dim, dp, nqp);
-    let mut alpha = vec![0f32; nqp];
-    let mut beta = vec![0f32; nqp];
-    let mut theta0 = vec![f32::INFINITY; nqp];
-    for (qi, q) in info.iter().enumerate() {
-        let (t, a, b) = bound.filter(q, tmax);
-        theta0[qi] = t;
-        alpha[qi] = a;
-        beta[qi] = b;
-    }
-    let qnorm: Vec<f32> = queries
-        .chunks_exact(dim)
-        .map(|q| kernels.norm_squared(q).sqrt())
-        .collect();
+    let bound = Bound::new(metric, dim, dp, Inputs::Bf16);
+    let sh = Shared::new(view, queries, p, metric, kernels, allow, bound, nqp);
+    let qv_buf = pack_queries(&sh.info, metric, queries, dim, dp, nqp);
     let rows = view.rows();
     let nblocks = rows.div_ceil(RB);
     let threads = p.threads.max(1).min(nblocks.max(1));
     let ctx = Ctx {
+        sh: &sh,
         unit,
-        view,
-        kernels,
-        metric,
-        allow,
-        deleted: p.deleted,
-        tmax,
-        k: p.k,
-        dim,
         dp,
-        nq,
         nqp,
-        bound,
-        info: &info,
-        queries,
-        qnorm: &qnorm,
         qv: qv_buf.as_slice(),
-        alpha: &alpha,
-        beta: &beta,
-        theta0: &theta0,
-        control: p.control,
     };
     let next = AtomicUsize::new(0);
     let states: Vec<ThreadState> = if threads == 1 {
@@ -497,16 +695,12 @@ pub(crate) fn search_batch(
             v
         })
     };
-    ctx.finish(states, p)
+    sh.finish(states, p)
 }
 
-impl Ctx<'_, '_> {
+impl Ctx<'_, '_, '_> {
     fn scan(&self, next: &AtomicUsize, nblocks: usize) -> ThreadState {
-        let mut st = ThreadState {
-            theta: self.theta0.to_vec(),
-            tops: (0..self.nq).map(|_| TopK::new(self.k, 64)).collect(),
-            rescored: 0,
-        };
+        let mut st = self.sh.state();
         #[cfg(target_arch = "x86_64")]
         {
             let _guard = match self.unit {
@@ -516,16 +710,23 @@ impl Ctx<'_, '_> {
                 Unit::Avx512Bf16 => None,
             };
             let mut buf = Buffers::new(self.dp);
-            loop {
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                if b >= nblocks {
+            // The next block is claimed before this one is scored, so its rows can be prefetched
+            // while the unit works.
+            let mut b = next.fetch_add(1, Ordering::Relaxed);
+            while b < nblocks {
+                let nb = next.fetch_add(1, Ordering::Relaxed);
+                let ahead = if nb < nblocks {
+                    let r0 = nb * RB;
+                    self.sh.view.raw(r0..(r0 + RB).min(self.sh.view.rows()))
+                } else {
+                    &[]
+                };
+                self.block(b, ahead, &mut buf, &mut st);
+                let rows = RB.min(self.sh.view.rows() - b * RB);
+                if !crate::control::step(self.sh.control, rows as u64) {
                     break;
                 }
-                self.block(b, &mut buf, &mut st);
-                let rows = RB.min(self.view.rows() - b * RB);
-                if !crate::control::step(self.control, rows as u64) {
-                    break;
-                }
+                b = nb;
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -536,19 +737,18 @@ impl Ctx<'_, '_> {
         st
     }
 
-    /// Converts rows `[RB·b, RB·b + RB)` and scores them against every query.
+    /// Converts rows `[RB·b, RB·b + RB)` and scores them against every query, prefetching the bytes
+    /// `ahead` (the next block's rows) into L2 while the unit works.
     #[cfg(target_arch = "x86_64")]
-    fn block(&self, b: usize, buf: &mut Buffers, st: &mut ThreadState) {
+    fn block(&self, b: usize, ahead: &[u8], buf: &mut Buffers, st: &mut ThreadState) {
         let r0 = b * RB;
-        let t = RB.min(self.view.rows() - r0);
+        let t = RB.min(self.sh.view.rows() - r0);
         let tp = t.div_ceil(32) * 32;
         let dp = self.dp;
         let mut any = false;
         for j in 0..tp {
             let s = r0 + j;
-            let ok = j < t
-                && self.allow.is_none_or(|a| a.contains(s))
-                && !self.deleted.is_some_and(|d| d.contains(s));
+            let ok = j < t && self.sh.allowed(s);
             let ks = dp / 32;
             let (rt, m) = (j / 16, j % 16);
             if !ok {
@@ -562,20 +762,20 @@ impl Ctx<'_, '_> {
                 continue;
             }
             any = true;
-            let row = self.view.row(s);
+            let row = self.sh.view.row(s);
             // Squared norm (f32, any summation order: the bound uses only its γ_m error).
             let xx = match row {
                 // SAFETY: both units imply AVX512-F/BW/BF16 (checked before the search started).
                 Row::F16(x) => unsafe { x86::f16_norm_squared(x) },
-                Row::F32(x) => self.kernels.norm_squared(x),
+                Row::F32(x) => self.sh.kernels.norm_squared(x),
             };
-            let (fa, fb, x) = self.bound.row_terms(xx);
+            let (fa, fb, x) = self.sh.bound.row_terms(xx);
             buf.fa[j] = fa;
             buf.fb[j] = fb;
             buf.live[j] = 0xFFFF;
             buf.xx[j] = xx;
             buf.x[j] = x;
-            let scale = if self.metric == Metric::Cosine {
+            let scale = if self.sh.metric == Metric::Cosine {
                 if xx > 0.0 {
                     (1.0 / (xx as f64).sqrt()) as f32
                 } else {
@@ -593,8 +793,8 @@ impl Ctx<'_, '_> {
                 }
                 Row::F32(x) => {
                     let w = &mut buf.wide[..dp];
-                    w[..self.dim].copy_from_slice(x);
-                    w[self.dim..].fill(0.0);
+                    w[..self.sh.dim].copy_from_slice(x);
+                    w[self.sh.dim..].fill(0.0);
                     put_row(&mut buf.xb, j, dp, w, scale);
                 }
             }
@@ -602,13 +802,36 @@ impl Ctx<'_, '_> {
         if !any {
             return;
         }
+        for (rt, tile) in buf.tile[..tp / 16].iter_mut().enumerate() {
+            let rows = rt * 16..rt * 16 + 16;
+            let live = buf.live[rows.clone()].iter().map(|&l| l != 0);
+            let fa = buf.fa[rows.clone()].iter().zip(live.clone());
+            let fb = buf.fb[rows].iter().zip(live.clone());
+            *tile = (
+                live.clone().any(|l| l),
+                fa.filter(|x| x.1).fold(f32::INFINITY, |m, x| m.min(*x.0)),
+                fb.filter(|x| x.1)
+                    .fold(f32::NEG_INFINITY, |m, x| m.max(*x.0)),
+            );
+        }
         let ks = dp / 32;
         // Score block i+1 on the unit before filtering block i from the other buffer: the unit works
         // while the vector code filters, and the filter never reads a buffer the unit just wrote.
         let mut pending: Option<(usize, usize, usize)> = None;
         let pairs = (tp / 32) * (self.nqp / 32);
+        // Cache lines of `ahead` to prefetch per block pair, so all are requested by the end.
+        let lines = ahead.len().div_ceil(64);
+        let per_pair = lines.div_ceil(pairs.max(1));
         for i in 0..=pairs {
             let cur = i % 2;
+            for l in (i * per_pair..((i + 1) * per_pair).min(lines)).map(|l| l * 64) {
+                // SAFETY: `l < ahead.len()`; a prefetch never faults and changes no state.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                        ahead.as_ptr().add(l) as *const i8,
+                    )
+                };
+            }
             if i < pairs {
                 let (qp, rp) = (i / (tp / 32), i % (tp / 32));
                 let b0 = &self.qv[(2 * qp) * ks * 512..];
@@ -662,7 +885,7 @@ impl Ctx<'_, '_> {
         let hit = |r: usize, j: usize, s: f32| {
             let qi = q0 + j;
             let row = rows + r;
-            self.offer(
+            self.sh.offer(
                 qi,
                 (r0 + row) as u64,
                 s,
@@ -673,97 +896,27 @@ impl Ctx<'_, '_> {
                 rescored,
             );
         };
-        let (al, be) = (&self.alpha[q0..q0 + 32], &self.beta[q0..q0 + 32]);
+        let (al, be) = (&self.sh.alpha[q0..q0 + 32], &self.sh.beta[q0..q0 + 32]);
         let (fa, fb, live) = (
             &buf.fa[rows..rows + 32],
             &buf.fb[rows..rows + 32],
             &buf.live[rows..rows + 32],
         );
+        let tile = [buf.tile[2 * rp], buf.tile[2 * rp + 1]];
         // SAFETY: AVX-512F is present (both units imply it).
         unsafe {
-            match self.metric {
+            match self.sh.metric {
                 Metric::Cosine => {
-                    x86::filter_block::<false, false>(c, &th, al, be, fa, fb, live, hit)
+                    x86::filter_block::<false, false>(c, &th, al, be, fa, fb, live, tile, hit)
                 }
-                Metric::Dot => x86::filter_block::<false, true>(c, &th, al, be, fa, fb, live, hit),
-                Metric::L2 => x86::filter_block::<true, true>(c, &th, al, be, fa, fb, live, hit),
-            }
-        }
-    }
-
-    /// A score that passed the `f32` filter: if its row's `LD` is within the query's bound `T` (the
-    /// k-th smallest exact distance re-scored so far, or the threshold), re-score the row exactly with
-    /// the one-query kernels and keep it in the query's top-k, which tightens `T`. Memory stays `O(k)`
-    /// per query however many rows tie.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn offer(
-        &self,
-        qi: usize,
-        slot: u64,
-        s: f32,
-        xx: f32,
-        x: f32,
-        theta: &mut f32,
-        top: &mut TopK,
-        rescored: &mut u64,
-    ) {
-        let q = &self.info[qi];
-        let ld = self.bound.lower(q, s, xx, x);
-        let t = (top.worst() as f64).min(self.tmax);
-        if ld > t || ld.is_nan() {
-            return;
-        }
-        *rescored += 1;
-        let d = self.kernels.distance(
-            self.metric,
-            &self.queries[qi * self.dim..(qi + 1) * self.dim],
-            self.qnorm[qi],
-            self.view.row(slot as usize),
-        );
-        // As `topk::search`: rows at or past the threshold (and NaN) never enter.
-        if self.tmax < f64::INFINITY && (d.is_nan() || d as f64 >= self.tmax) {
-            return;
-        }
-        let before = top.worst();
-        top.push(d, slot);
-        let after = top.worst();
-        if after != before {
-            *theta = self.bound.filter(q, (after as f64).min(self.tmax)).0;
-        }
-    }
-
-    /// Merges the threads' top-k lists; queries outside the bound's range go to `topk::search`.
-    fn finish(&self, states: Vec<ThreadState>, p: &SearchParams<'_>) -> Outcome {
-        let mut tops: Vec<Option<TopK>> = (0..self.nq).map(|_| None).collect();
-        let mut rescored = 0u64;
-        for st in states {
-            rescored += st.rescored;
-            for (qi, top) in st.tops.into_iter().enumerate() {
-                match &mut tops[qi] {
-                    Some(t) => t.merge(top),
-                    None => tops[qi] = Some(top),
+                Metric::Dot => {
+                    x86::filter_block::<false, true>(c, &th, al, be, fa, fb, live, tile, hit)
+                }
+                Metric::L2 => {
+                    x86::filter_block::<true, true>(c, &th, al, be, fa, fb, live, tile, hit)
                 }
             }
         }
-        let mut hits = Vec::with_capacity(self.nq);
-        for (qi, top) in tops.into_iter().enumerate() {
-            if !self.info[qi].safe {
-                let q = &self.queries[qi * self.dim..(qi + 1) * self.dim];
-                let mut sp = *p;
-                sp.candidates = match self.allow {
-                    Some(b) => crate::topk::Candidates::Bitmap(b),
-                    None => crate::topk::Candidates::All,
-                };
-                sp.kernels = Some(self.kernels);
-                sp.metric = Some(self.metric);
-                // Validated queries fail only when stopped (the caller then returns `Cancelled`).
-                hits.push(search(self.view, q, &sp).unwrap_or_default());
-                continue;
-            }
-            hits.push(top.map_or_else(Vec::new, TopK::into_sorted));
-        }
-        Outcome { hits, rescored }
     }
 }
 
@@ -776,6 +929,8 @@ struct Buffers {
     live: Vec<u16>,
     xx: Vec<f32>,
     x: Vec<f32>,
+    /// Per 16-row tile: (any live row, smallest `fa`, largest `fb` of its live rows).
+    tile: Vec<(bool, f32, f32)>,
     c: Box<[CBuf; 2]>,
 }
 
@@ -831,6 +986,7 @@ impl Buffers {
             live: vec![0; RB],
             xx: vec![0.0; RB],
             x: vec![0.0; RB],
+            tile: vec![(false, 0.0, 0.0); RB / 16],
             c: Box::new([CBuf([0.0; 1024]), CBuf([0.0; 1024])]),
         }
     }
@@ -862,7 +1018,7 @@ mod tests {
                 continue;
             }
             for metric in [Metric::Dot, Metric::Cosine] {
-                let bound = Bound::new(metric, dim, dp);
+                let bound = Bound::new(metric, dim, dp, Inputs::Bf16);
                 let mut worst: f64 = 0.0;
                 for trial in 0..20 {
                     // 32 rows (f16 values) and 32 queries (f32), mixed magnitudes and cancellation.
@@ -972,6 +1128,79 @@ mod tests {
                     "{unit:?} {metric}: no rounding seen (test not exercising)"
                 );
             }
+        }
+    }
+
+    /// Microbenchmark (not a check): the AMX block loop alone — no conversion, no filter — on the
+    /// driver's buffer sizes (a 256-row block, 1,024 queries, 256 dims) filled with pseudo-random
+    /// `bf16`, against the unit's peak; best of 15 short rounds each. Run:
+    /// `cargo test --release -p phenix-core --lib amx_loop_throughput -- --ignored --nocapture`.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[ignore]
+    fn amx_loop_throughput() {
+        if !Unit::Amx.supported() {
+            return;
+        }
+        let (dp, nqp, rb) = (256, 1024, RB);
+        let ks = dp / 32;
+        let mut qv = Aligned::zeroed(nqp * dp);
+        let mut xb = Aligned::zeroed(rb * dp);
+        let mut z = 1u64;
+        for v in qv.iter_mut().chain(xb.iter_mut()) {
+            z = z
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            *v = bf16_rne(((z >> 40) as f32 / 16_777_216.0 - 0.5) * 0.1);
+        }
+        let mut c = Box::new([CBuf([0.0; 1024]), CBuf([0.0; 1024])]);
+        let (mut best, mut peak) = (0f64, 0f64);
+        for _round in 0..15 {
+            peak = peak.max(peak_gflops(Unit::Amx, 1, 0.02).expect("amx").1);
+            // SAFETY: AMX is supported (checked above).
+            let _g = unsafe { x86::AmxGuard::new() };
+            let c0 = thread_cpu_seconds();
+            let mut flops = 0.0;
+            for _ in 0..20_000 / rb {
+                for i in 0..(rb / 32) * (nqp / 32) {
+                    let (qp, rp) = (i / (rb / 32), i % (rb / 32));
+                    let b0 = &qv[(2 * qp) * ks * 512..];
+                    let b1 = &qv[(2 * qp + 1) * ks * 512..];
+                    let a = &xb[rp * 32 * dp..];
+                    let cc = &mut c[i % 2].0;
+                    // SAFETY: the buffers hold the tiles `amx_block` reads and the 1,024 f32 it
+                    // writes; the tile configuration is loaded.
+                    unsafe {
+                        x86::amx_block(a.as_ptr(), b0.as_ptr(), b1.as_ptr(), ks, cc.as_mut_ptr())
+                    };
+                    flops += 32.0 * 32.0 * dp as f64 * 2.0;
+                }
+            }
+            best = best.max(flops / (thread_cpu_seconds() - c0) / 1e9);
+        }
+        eprintln!(
+            "AMX block loop: best {best:.0} GFLOP per CPU-second = {:.1} % of the unit's peak {peak:.0}",
+            100.0 * best / peak
+        );
+    }
+
+    #[test]
+    fn key_orders_as_the_floats() {
+        let v = [
+            f32::NEG_INFINITY,
+            -3.0,
+            -0.0,
+            0.0,
+            1e-40,
+            0.5,
+            2.0,
+            f32::INFINITY,
+        ];
+        for w in v.windows(2) {
+            assert!(key(w[0]) <= key(w[1]), "{w:?}");
+        }
+        for x in v {
+            assert_eq!(unkey(key(x)).to_bits(), x.to_bits());
         }
     }
 
