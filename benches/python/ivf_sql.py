@@ -17,7 +17,6 @@ writes <dir>/sql.jsonl and docs/img/ivf-sql-recall-latency.png, and prints markd
 import argparse
 import json
 import os
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -50,6 +49,15 @@ def raw(d):
     return base, query, gt
 
 
+def hwm_kb():
+    """Peak RSS of this process (VmHWM: reset at exec, unlike ru_maxrss, which a child inherits from
+    the parent that generated the data)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def run_sql(d, lists, out, exact_queries):
     base, query, gt = raw(d)
     n, dim = base.shape
@@ -77,8 +85,19 @@ def run_sql(d, lists, out, exact_queries):
     snap_bytes = os.path.getsize(os.path.join(db + "-phenix", snap[0]))
     ic.emit(out, engine="phenix IVF via SQL", rows=n, dim=dim, lists=lists, threads=2, load_s=round(load, 2),
             load_rows_per_s=round(n / load), build_s=round(build, 2), index_bytes=st["memory_bytes"],
-            snapshot_bytes=snap_bytes, peak_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            snapshot_bytes=snap_bytes, peak_rss_kb=hwm_kb())
+    c.close()
+    queries(d, out, exact_queries, "phenix IVF via SQL")
+
+
+def queries(d, out, exact_queries, engine):
+    """The recall / latency curve on the table built by run_sql, in this process (after one warm-up
+    query, which loads the snapshot)."""
+    base, query, gt = raw(d)
+    del base
+    c = connect(os.path.join(d, "sql.db"))
     qb = [q.astype(np.float32).tobytes() for q in query]
+    c.execute("SELECT rowid FROM t WHERE v MATCH ?1 AND k = 10", (qb[0],)).fetchall()
     sql = "SELECT rowid FROM t WHERE v MATCH ?1 AND k = 10 AND nprobe = ?2"
     for nprobe in NPROBES:
         found = []
@@ -86,19 +105,20 @@ def run_sql(d, lists, out, exact_queries):
         for q in qb:
             found.append([r - 1 for (r,) in c.execute(sql, (q, nprobe))])
         ms = (time.time() - t) * 1e3 / len(qb)
-        ic.emit(out, engine="phenix IVF via SQL", param=nprobe, recall=round(ic.recall(found, gt), 4), ms=round(ms, 3))
+        ic.emit(out, engine=engine, param=nprobe, recall=round(ic.recall(found, gt), 4), ms=round(ms, 3))
     found = []
     t = time.time()
     for q in qb[:exact_queries]:
         found.append([r - 1 for (r,) in c.execute("SELECT rowid FROM t WHERE v MATCH ?1 AND k = 10 AND exact = 1", (q,))])
     ms = (time.time() - t) * 1e3 / exact_queries
-    ic.emit(out, engine="phenix exact via SQL", param=0, recall=round(ic.recall(found, gt[:exact_queries]), 4), ms=round(ms, 3))
+    ic.emit(out, engine=engine.replace("IVF", "exact"), param=0, recall=round(ic.recall(found, gt[:exact_queries]), 4), ms=round(ms, 3))
     c.close()
 
 
 def run_sql_open(d, out):
     """A new process: the first KNN (reads and decodes the snapshot), then the same query again."""
-    base, query, gt = raw(d)
+    dim = int(open(os.path.join(d, "dim.txt")).read())
+    query = np.fromfile(os.path.join(d, "query.f32"), dtype=np.float32).reshape(-1, dim)
     c = connect(os.path.join(d, "sql.db"))
     q = query[0].astype(np.float32).tobytes()
     t = time.time()
@@ -108,7 +128,7 @@ def run_sql_open(d, out):
     c.execute("SELECT rowid FROM t WHERE v MATCH ?1 AND k = 10", (q,)).fetchall()
     second = time.time() - t
     ic.emit(out, engine="phenix IVF via SQL, new process", first_query_ms=round(first * 1e3, 1),
-            second_query_ms=round(second * 1e3, 2), peak_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            second_query_ms=round(second * 1e3, 2), peak_rss_kb=hwm_kb())
 
 
 def main():
@@ -123,6 +143,7 @@ def main():
     ap.add_argument("--keep-data", action="store_true")
     ap.add_argument("--child", default="")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--queries-only", action="store_true", help="re-measure the curve on the table of a previous run")
     ap.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "ivf-sql-recall-latency.png"))
     a = ap.parse_args()
     lists = a.lists or int(4 * np.sqrt(a.rows))
@@ -131,10 +152,15 @@ def main():
         with open(res, "a") as out:
             if a.child == "sql":
                 run_sql(a.dir, lists, out, a.exact_queries)
+            elif a.child == "sql-queries":
+                queries(a.dir, out, a.exact_queries, "phenix IVF via SQL")
             else:
                 run_sql_open(a.dir, out)
         return
-    if not a.report:
+    if a.queries_only:
+        subprocess.run([sys.executable, __file__, "--child", "sql-queries", "--dir", a.dir,
+                        "--exact-queries", str(a.exact_queries)], check=True)
+    elif not a.report:
         if not (a.keep_data and os.path.exists(os.path.join(a.dir, "gt.i32"))):
             ic.make_data(a.dir, a.rows, a.dim, a.queries)
         open(res, "w").close()

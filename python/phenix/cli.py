@@ -159,7 +159,7 @@ def cmd_screen(a: argparse.Namespace) -> dict:
     return run_screen(a.database, a.model, a.library, doses, table=a.table, smiles_col=a.smiles_column,
                       id_col=a.id_column or None, batch=a.batch_size, queries=a.queries, query_profile=a.query_profile,
                       query_id=a.query_id, k=a.k, out=a.out, csv=a.csv, skip_bad_smiles=a.skip_bad_smiles,
-                      progress=not a.quiet)
+                      progress=not a.quiet, commit_seconds=a.commit_seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(Image.csv + per-object CSVs), aggregated per well by the median")
     p.add_argument("--append", action="store_true", help="add to an existing table with the same features")
     p.add_argument("--model", type=Path, help="refuse files whose features differ from this bundle's")
-    p.add_argument("--chunk-size", type=int, default=10000, help="rows per chunk (default 10000)")
+    p.add_argument("--chunk-size", type=int, default=5000, help="rows per chunk; memory grows with it (default 5000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     from .training.recipe_config import TrainConfig
@@ -258,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default="id", help="compound id column ('' for row numbers)")
     p.add_argument("--doses", default="1", help="comma-separated doses in µM (default 1)")
     p.add_argument("--table", default="screen", help="phenix table of candidates (default screen)")
-    p.add_argument("--batch-size", type=int, default=4096, help="molecules per transaction (default 4096)")
+    p.add_argument("--batch-size", type=int, default=4096, help="molecules per embedding statement and "
+                   "progress step (default 4096)")
+    p.add_argument("--commit-seconds", type=float, default=3.0, help="commit the embedded batches about this "
+                   "often; an interrupted run resumes after the last commit (default 3; 0 commits every batch)")
     p.add_argument("--queries", help="table with query profiles (float32 blobs)")
     p.add_argument("--query-profile", default="profile")
     p.add_argument("--query-id", default="rowid")

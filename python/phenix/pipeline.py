@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -227,37 +228,101 @@ def run_evaluate(db: str, bundle: Path, cols: Columns, split: str = "all", norma
 
 # ------------------------------------------------------------------------------------------ screen
 
-def _library_chunks(conn, library: str, smiles_col: str, id_col: Optional[str], chunk: int):
-    """(total or None, iterator of (ids, smiles) lists) from a file (.csv/.csv.gz/.parquet/.smi) or a table."""
-    import pandas as pd
+def _open_text(p: Path):
+    if p.name.lower().endswith(".gz"):
+        import gzip
 
+        return gzip.open(p, "rt", newline="", encoding="utf-8")
+    return open(p, newline="", encoding="utf-8")
+
+
+def _batched(rows, chunk: int):
+    ids: list = []
+    smis: list = []
+    for i, s in rows:
+        ids.append(i)
+        smis.append(s)
+        if len(smis) == chunk:
+            yield ids, smis
+            ids, smis = [], []
+    if smis:
+        yield ids, smis
+
+
+def _text_library(p: Path, library: str, smiles_col: str, id_col: Optional[str], chunk: int, smi: bool):
+    """A .smi file (whitespace-separated SMILES and optional id per line, no header) or a CSV/TSV with a
+    header naming the SMILES and id columns."""
+    import csv
+
+    with _open_text(p) as f:
+        if smi:
+            def rows():
+                for line in f:
+                    parts = line.split(None, 2)
+                    if parts:
+                        yield (parts[1] if len(parts) > 1 else None), parts[0]
+            yield from _batched(rows(), chunk)
+            return
+        sep = "\t" if ".tsv" in p.name.lower() else ","
+        r = csv.reader(f, delimiter=sep)
+        header = next(r, None)
+        if header is None:
+            raise PhenixError(f"{library}: the file is empty")
+        if smiles_col not in header:
+            from .wells import close_matches
+
+            close = close_matches(smiles_col, header)
+            raise PhenixError(f"{library}: no SMILES column {smiles_col!r}" + (f" (close matches: {', '.join(close)})"
+                                                                            if close else ""))
+        si = header.index(smiles_col)
+        ii = header.index(id_col) if id_col and id_col in header else None
+        # a batch at a time in list comprehensions: a generator per row cost 9 µs a molecule
+        while True:
+            recs = [rec for rec in itertools.islice(r, chunk) if rec]  # blank lines skipped
+            if not recs:
+                return
+            smis = [rec[si].strip() if si < len(rec) else "" for rec in recs]
+            if ii is None:
+                ids = [None] * len(recs)
+            else:
+                ids = [(rec[ii] or None) if ii < len(rec) else None for rec in recs]
+            yield ids, smis
+
+
+def _parquet_library(p: Path, library: str, smiles_col: str, id_col: Optional[str], chunk: int):
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(p)
+    names = pf.schema_arrow.names
+    if smiles_col not in names:
+        from .wells import close_matches
+
+        close = close_matches(smiles_col, names)
+        raise PhenixError(f"{library}: no SMILES column {smiles_col!r}" + (f" (close matches: {', '.join(close)})"
+                                                                        if close else ""))
+    cols = [smiles_col] + ([id_col] if id_col and id_col in names and id_col != smiles_col else [])
+    for b in pf.iter_batches(batch_size=chunk, columns=cols):
+        smis = ["" if v is None else str(v).strip() for v in b.column(0).to_pylist()]
+        ids = ([None if v is None else str(v) for v in b.column(1).to_pylist()] if len(cols) > 1
+               else [None] * len(smis))
+        yield ids, smis
+
+
+def _library_chunks(conn, library: str, smiles_col: str, id_col: Optional[str], chunk: int):
+    """(total or None, iterator of (ids, smiles) lists) from a file (.csv/.csv.gz/.parquet/.smi) or a table.
+
+    Files are read with the csv module (or pyarrow for Parquet), not pandas: importing pandas takes
+    0.5-1.3 s, which was a visible share of a screen of 10,000s of molecules (docs/benchmarks.md).
+    A missing id is None (the library row number is used); a missing SMILES is '' (refused as
+    unparsable).
+    """
     p = Path(library)
     if p.exists():
         name = p.name.lower()
-        if name.endswith((".smi", ".smi.gz", ".txt")):
-            it = pd.read_csv(p, sep=r"\s+", header=None, names=["smiles", "id"], chunksize=chunk, comment=None,
-                             dtype=str)
-            sc, ic = "smiles", "id"
-        elif name.endswith((".parquet", ".pq")):
-            import pyarrow.parquet as pq
-
-            it = (b.to_pandas() for b in pq.ParquetFile(p).iter_batches(batch_size=chunk))
-            sc, ic = smiles_col, id_col
-        else:
-            it = pd.read_csv(p, chunksize=chunk, dtype=str)
-            sc, ic = smiles_col, id_col
-
-        def gen():
-            for df in it:
-                if sc not in df.columns:
-                    from .wells import close_matches
-
-                    close = close_matches(sc, list(df.columns))
-                    raise PhenixError(f"{library}: no SMILES column {sc!r}" + (f" (close matches: {', '.join(close)})"
-                                                                                if close else ""))
-                ids = df[ic].astype(str).tolist() if ic and ic in df.columns else [None] * len(df)
-                yield ids, df[sc].astype(str).tolist()
-        return None, gen()
+        if name.endswith((".parquet", ".pq")):
+            return None, _parquet_library(p, library, smiles_col, id_col, chunk)
+        return None, _text_library(p, library, smiles_col, id_col, chunk,
+                                   smi=name.endswith((".smi", ".smi.gz", ".txt", ".txt.gz")))
     from .wells import require_columns, table_columns
 
     have = table_columns(conn, library)
@@ -281,14 +346,19 @@ def run_screen(db: str, model: str, library: Optional[str], doses: list[float], 
                smiles_col: str = "smiles", id_col: Optional[str] = "id", batch: int = 4096,
                queries: Optional[str] = None, query_profile: str = "profile", query_id: str = "rowid", k: int = 10,
                out: str = "screen_hits", csv: Optional[str] = None, skip_bad_smiles: bool = False,
-               progress: bool = True, log=print) -> dict:
-    """Embeds a molecule library at ``doses`` into the phenix table ``table`` in batches (each batch one
-    transaction; a re-run resumes after the last complete batch), then retrieves the ``k`` nearest
-    candidates for every profile of ``queries`` into the table ``out`` (and ``csv``)."""
+               progress: bool = True, log=print, commit_seconds: float = 3.0) -> dict:
+    """Embeds a molecule library at ``doses`` into the phenix table ``table`` in batches of ``batch``
+    molecules (one statement each; the batches of about ``commit_seconds`` are committed together; a
+    re-run resumes after the last committed batch), then retrieves the ``k`` nearest candidates for
+    every profile of ``queries`` into the table ``out`` (and ``csv``)."""
     from tqdm import tqdm
 
     if not doses or any(not (d > 0 and math.isfinite(d)) for d in doses):
         raise PhenixError(f"--doses must be positive numbers in µM, got {doses}")
+    if batch < 1:
+        raise PhenixError(f"--batch-size must be a positive number of molecules, got {batch}")
+    if not commit_seconds >= 0:
+        raise PhenixError(f"--commit-seconds must be 0 or more, got {commit_seconds}")
     conn = connect(db)
     conn.isolation_level = None
     name = "default"
@@ -339,40 +409,68 @@ def run_screen(db: str, model: str, library: Optional[str], doses: list[float], 
         pos = 0
         skipped = 0
         nd = len(doses)
-        for ids, smis in chunks:
-            start = pos
-            pos += len(smis)
-            if pos <= done:
-                bar.update(len(smis))
-                continue
-            rows = [((start + i) * nd + j + 1, s, float(d), ids[i] if ids[i] is not None else str(start + i + 1))
-                    for i, s in enumerate(smis) if start + i >= done for j, d in enumerate(doses)]
-            batch_start = bar.n
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("DELETE FROM temp.screen_batch")
-                conn.executemany("INSERT INTO temp.screen_batch VALUES (?, ?, ?, ?)", rows)
+        # Each batch is one statement inside a savepoint, with its rows_done; a transaction holds the
+        # batches of about `commit_seconds`. A commit costs 25-50 ms here (fsyncs of the database,
+        # its journal and the vector file), a sixth of the time a 4,096-molecule batch takes to
+        # embed on an idle 2-core machine, so committing every batch made the command slower than
+        # one INSERT ... SELECT (docs/benchmarks.md). On any error the failed batch is rolled back
+        # to its savepoint and the completed ones are committed: a re-run resumes after them.
+        in_txn = False
+        last_commit = time.monotonic()
+        try:
+            for ids, smis in chunks:
+                start = pos
+                pos += len(smis)
+                if pos <= done:
+                    bar.update(len(smis))
+                    continue
+                rows = [((start + i) * nd + j + 1, s, float(d), ids[i] if ids[i] is not None else str(start + i + 1))
+                        for i, s in enumerate(smis) if start + i >= done for j, d in enumerate(doses)]
+                batch_start = bar.n
+                if not in_txn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    in_txn = True
+                conn.execute("SAVEPOINT phenix_screen_batch")
                 try:
-                    _embed_batch(conn, name, table)
-                except sqlite3.Error as e:
-                    bad = _bad_smiles(conn)
-                    if not bad:
-                        raise PhenixError(f"embedding failed: {e}") from e
-                    if not skip_bad_smiles:
-                        first = "; ".join(f"{s!r} (library row {(rid - 1) // nd + 1})" for rid, s in bad[:3])
-                        raise PhenixError(f"{len(bad) // nd} SMILES of this batch cannot be featurized, first: {first}; "
-                                          "fix them or pass --skip-bad-smiles") from e
-                    conn.executemany("DELETE FROM temp.screen_batch WHERE id = ?", [(rid,) for rid, _ in bad])
-                    skipped += len(bad) // nd
-                    _embed_batch(conn, name, table)
-                conn.execute("UPDATE phenix_screens SET rows_done = ? WHERE table_name = ?", (pos, table))
+                    conn.execute("DELETE FROM temp.screen_batch")
+                    conn.executemany("INSERT INTO temp.screen_batch VALUES (?, ?, ?, ?)", rows)
+                    try:
+                        _embed_batch(conn, name, table)
+                    except sqlite3.Error as e:
+                        bad = _bad_smiles(conn)
+                        if not bad:
+                            raise PhenixError(f"embedding failed: {e}") from e
+                        if not skip_bad_smiles:
+                            first = "; ".join(f"{s!r} (library row {(rid - 1) // nd + 1})" for rid, s in bad[:3])
+                            raise PhenixError(f"{len(bad) // nd} SMILES of this batch cannot be featurized, first: "
+                                              f"{first}; fix them or pass --skip-bad-smiles") from e
+                        conn.executemany("DELETE FROM temp.screen_batch WHERE id = ?", [(rid,) for rid, _ in bad])
+                        skipped += len(bad) // nd
+                        _embed_batch(conn, name, table)
+                    conn.execute("UPDATE phenix_screens SET rows_done = ? WHERE table_name = ?", (pos, table))
+                except BaseException:
+                    conn.execute("ROLLBACK TO phenix_screen_batch")
+                    conn.execute("RELEASE phenix_screen_batch")
+                    raise
+                conn.execute("RELEASE phenix_screen_batch")
+                bar.update(batch_start + len(smis) - bar.n)
+                if time.monotonic() - last_commit >= commit_seconds:
+                    conn.execute("COMMIT")
+                    in_txn = False
+                    last_commit = time.monotonic()
+            if in_txn:
                 conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            bar.update(batch_start + len(smis) - bar.n)
-        if progress:
-            set_progress(None)
+                in_txn = False
+        except BaseException:
+            if in_txn and conn.in_transaction:
+                try:
+                    conn.execute("COMMIT")  # the batches completed before the failure
+                except sqlite3.Error:
+                    conn.execute("ROLLBACK")
+            raise
+        finally:
+            if progress:
+                set_progress(None)
         bar.close()
         stats.update(library_rows=pos, candidates=conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0],
                      skipped_bad_smiles=skipped, embed_seconds=time.time() - t0)

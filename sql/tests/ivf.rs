@@ -3,7 +3,8 @@
 //! float64, random transactions (inserts, updates, deletes, build-index, optimize, savepoints,
 //! rollbacks) against an ordinary SQLite table, a damaged or missing snapshot (named by `phenix_check`,
 //! queries fall back to exact search), a new connection taking up a snapshot plus later rows, and bad
-//! options. Sizes are small (CI).
+//! options. Sizes are small (CI); `PHENIX_IVF_FUZZ_SEQS` sets the random sequences (default 40;
+//! docs/reliability.md has the long run).
 
 mod common;
 use common::*;
@@ -151,7 +152,7 @@ fn recall_against_brute_force_on_random_and_clustered_data() {
         assert_eq!(s["lists"], 32);
         assert_eq!(s["rows"], 4000);
         assert_eq!(s["nprobe"], 8);
-        let queries: Vec<Vec<f32>> = data(60, clusters, 99);
+        let queries: Vec<Vec<f32>> = data(40, clusters, 99);
         let r1 = recall(&c, &rows, &queries, "AND nprobe = 1");
         let rd = recall(&c, &rows, &queries, "");
         let rall = recall(&c, &rows, &queries, "AND nprobe = 32");
@@ -322,6 +323,8 @@ fn bad_options_and_too_few_rows_are_clear_errors() {
     assert_eq!(status(&c, "t")["status"], "ok");
 }
 
+/// The vector files and index snapshots of `db` (other sidecar files, e.g. the row-id map, are
+/// another test's business).
 fn sidecar_names(db: &Path) -> Vec<String> {
     let mut d = db.as_os_str().to_owned();
     d.push("-phenix");
@@ -749,7 +752,7 @@ fn random_transactions_with_an_index_match_an_ordinary_table() {
     let seqs: u64 = std::env::var("PHENIX_IVF_FUZZ_SEQS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(40);
     let mut failures = Vec::new();
     for seed in 0..seqs {
         if let Err(e) = run_sequence(&dir.0, seed) {

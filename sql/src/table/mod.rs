@@ -13,7 +13,8 @@
 //!
 //! Storage and state:
 //! - [`state`]: one table's per-connection state (private fields), with the commit protocol
-//!   (`state/txn.rs`) and compaction (`state/compact.rs`);
+//!   (`state/txn.rs`), compaction (`state/compact.rs`) and the IVF index's life (`state/index.rs`);
+//! - [`index`]: the IVF index declaration, its snapshot files and `phenix_index_status`;
 //! - [`live`]: the live set (slot → rowid) and its invariants;
 //! - [`shadow`]: the shadow tables and the one reader of `<t>_info`;
 //! - [`sidecar`]: vector-file paths, open-and-check-header, orphan collection;
