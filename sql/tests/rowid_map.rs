@@ -30,29 +30,52 @@ fn insert(c: &Connection, m: &mut Model, id: i64, seed: u64) {
     m.insert(id, v);
 }
 
-/// Every row by KNN (k = all), nearest first, against the model: the same rows exactly once, the
-/// first ten in the order of an f64 brute force.
-fn check_knn(c: &Connection, m: &Model, seed: u64) -> Result<(), String> {
-    let q = xorshift_vec(seed ^ 0xABCD, DIM);
-    let got: Vec<i64> = c
-        .prepare("SELECT rowid FROM t WHERE v MATCH ?1 AND k = 100000")
+/// A file database in a fresh directory with table `t` holding rows 1..=rows, and its model.
+fn table_with(dir: &str, rows: i64) -> (TempDir, PathBuf, Connection, Model) {
+    let d = TempDir::new(dir);
+    let db = d.0.join("f.db");
+    let c = open(&db);
+    create(&c);
+    let mut m = Model::new();
+    for i in 1..=rows {
+        insert(&c, &mut m, i, i as u64);
+    }
+    (d, db, c, m)
+}
+
+/// The row ids a one-parameter query returns for the query vector `q`.
+fn rowids(c: &Connection, sql: &str, q: &[f32]) -> Result<Vec<i64>, String> {
+    c.prepare(sql)
         .map_err(|e| e.to_string())?
-        .query_map([json(&q)], |r| r.get(0))
+        .query_map([json(q)], |r| r.get(0))
         .map_err(|e| e.to_string())?
         .collect::<rusqlite::Result<_>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// Every model row as (f64 squared L2 distance to `q`, rowid), nearest first, ties by rowid.
+fn brute_force(m: &Model, q: &[f32]) -> Vec<(f64, i64)> {
     let mut want: Vec<(f64, i64)> = m
         .iter()
         .map(|(id, v)| {
             let d: f64 = v
                 .iter()
-                .zip(&q)
+                .zip(q)
                 .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
                 .sum();
             (d, *id)
         })
         .collect();
     want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    want
+}
+
+/// Every row by KNN (k = all), nearest first, against the model: the same rows exactly once, the
+/// first ten in the order of an f64 brute force.
+fn check_knn(c: &Connection, m: &Model, seed: u64) -> Result<(), String> {
+    let q = xorshift_vec(seed ^ 0xABCD, DIM);
+    let got = rowids(c, "SELECT rowid FROM t WHERE v MATCH ?1 AND k = 100000", &q)?;
+    let want = brute_force(m, &q);
     let mut sorted = got.clone();
     sorted.sort_unstable();
     let ids: Vec<i64> = m.keys().copied().collect();
@@ -212,14 +235,7 @@ fn a_reader_follows_every_write_of_another_connection() {
 /// any connection's live set; the deletes that stay are seen by a reader after the commit.
 #[test]
 fn rolled_back_deletes_and_savepoints() {
-    let d = TempDir::new("rowid-map-rollback");
-    let db = d.0.join("f.db");
-    let w = open(&db);
-    create(&w);
-    let mut m = Model::new();
-    for i in 1..=20 {
-        insert(&w, &mut m, i, i as u64);
-    }
+    let (_d, db, w, mut m) = table_with("rowid-map-rollback", 20);
     let r = open(&db);
     check_knn(&r, &m, 0).unwrap();
 
@@ -455,14 +471,7 @@ fn a_damaged_row_id_file_is_a_corrupt_error() {
 /// `phenix_retrieve_all` ranks without the cursor: its rows are checked against `t_rows` too.
 #[test]
 fn retrieve_all_refuses_rows_of_a_damaged_map() {
-    let d = TempDir::new("rowid-map-retrieve-all");
-    let db = d.0.join("f.db");
-    let w = open(&db);
-    create(&w);
-    let mut m = Model::new();
-    for i in 1..=12 {
-        insert(&w, &mut m, i, i as u64);
-    }
+    let (_d, db, w, _m) = table_with("rowid-map-retrieve-all", 12);
     let all = |c: &Connection| -> rusqlite::Result<Vec<(i64, i64)>> {
         c.prepare("SELECT query_rowid, rowid FROM phenix_retrieve_all('t', 't', 12)")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -497,14 +506,7 @@ fn retrieve_all_refuses_rows_of_a_damaged_map() {
 /// next statement (the length is checked per statement), not a SIGBUS.
 #[test]
 fn a_row_id_file_truncated_under_a_reader_is_an_error() {
-    let d = TempDir::new("rowid-map-truncated");
-    let db = d.0.join("f.db");
-    let w = open(&db);
-    create(&w);
-    let mut m = Model::new();
-    for i in 1..=2000 {
-        insert(&w, &mut m, i, i as u64);
-    }
+    let (_d, db, _w, m) = table_with("rowid-map-truncated", 2000);
     let r = open(&db);
     check_knn(&r, &m, 0).unwrap();
     let f = std::fs::OpenOptions::new()
@@ -526,14 +528,7 @@ fn a_row_id_file_truncated_under_a_reader_is_an_error() {
 /// `<t>_rows` on open, as before; writes keep them format 1.
 #[test]
 fn format_1_tables_keep_working() {
-    let d = TempDir::new("rowid-map-format1");
-    let db = d.0.join("f.db");
-    let w = open(&db);
-    create(&w);
-    let mut m = Model::new();
-    for i in 1..=10 {
-        insert(&w, &mut m, i, i as u64);
-    }
+    let (_d, db, w, mut m) = table_with("rowid-map-format1", 10);
     // Make it a format-1 table as an older phenix wrote it: no t_dead, no row-id file.
     w.execute_batch("UPDATE t_info SET value = 1 WHERE key = 'format'; DROP TABLE t_dead;")
         .unwrap();
@@ -580,25 +575,12 @@ fn ivf_searches_use_the_mapped_live_set() {
     let r = open(&db);
     let ivf = |c: &Connection, m: &Model, seed: u64| -> Result<(), String> {
         let q = xorshift_vec(seed ^ 0x5A5A, DIM);
-        let got: Vec<i64> = c
-            .prepare("SELECT rowid FROM t WHERE v MATCH ?1 AND k = 10 AND nprobe = 4")
-            .map_err(|e| e.to_string())?
-            .query_map([json(&q)], |r| r.get(0))
-            .map_err(|e| e.to_string())?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(|e| e.to_string())?;
-        let mut want: Vec<(f64, i64)> = m
-            .iter()
-            .map(|(id, v)| {
-                let d: f64 = v
-                    .iter()
-                    .zip(&q)
-                    .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-                    .sum();
-                (d, *id)
-            })
-            .collect();
-        want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let got = rowids(
+            c,
+            "SELECT rowid FROM t WHERE v MATCH ?1 AND k = 10 AND nprobe = 4",
+            &q,
+        )?;
+        let want = brute_force(m, &q);
         let want: Vec<i64> = want.iter().take(10).map(|w| w.1).collect();
         if got != want {
             return Err(format!("IVF {got:?}, brute force {want:?}"));
