@@ -368,15 +368,7 @@ fn search_all(
             };
             rows.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
             rows.truncate(k);
-            if live.is_mapped() {
-                // Row ids from the row-id file are checked against `<t>_rows`, as KNN's are.
-                for &(rowid, slot, _) in &rows {
-                    t.check_result_row(rowid, slot)?;
-                }
-            }
-            for (rank, (rowid, _, d)) in rows.into_iter().enumerate() {
-                out.push((qrowids[qi], rowid, rank as i64 + 1, d));
-            }
+            emit(&t, live.is_mapped(), qrowids[qi], rows, &mut out)?;
             // Interruptible between queries (one query's probe is short).
             op.step(1)?;
         }
@@ -433,17 +425,30 @@ fn search_all(
             rows.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
             rows
         };
-        if live.is_mapped() {
-            // Row ids from the row-id file are checked against `<t>_rows`, as KNN's are.
-            for &(rowid, slot, _) in &rows {
-                t.check_result_row(rowid, slot)?;
-            }
-        }
-        for (rank, (rowid, _, d)) in rows.into_iter().enumerate() {
-            out.push((qrowids[qi], rowid, rank as i64 + 1, d));
-        }
+        emit(&t, live.is_mapped(), qrowids[qi], rows, &mut out)?;
         op.step(1)?;
     }
     op.finish();
     Ok(out)
+}
+
+/// One query's ranked rows `(rowid, slot, distance)` appended to `out` as (query rowid, rowid, rank,
+/// distance). Row ids that came from the row-id file (`mapped`) are first checked against `<t>_rows`,
+/// as KNN's are, so a damaged map is an error rather than wrong rows.
+fn emit(
+    t: &super::state::TableState,
+    mapped: bool,
+    qrowid: i64,
+    rows: Vec<(i64, u64, f64)>,
+    out: &mut Vec<(i64, i64, i64, f64)>,
+) -> rusqlite::Result<()> {
+    if mapped {
+        for &(rowid, slot, _) in &rows {
+            t.check_result_row(rowid, slot)?;
+        }
+    }
+    for (rank, (rowid, _, d)) in rows.into_iter().enumerate() {
+        out.push((qrowid, rowid, rank as i64 + 1, d));
+    }
+    Ok(())
 }
