@@ -65,7 +65,12 @@ fn retrieve(
         vector.replace('"', "\"\"")
     );
     let mut stmt = conn.prepare(&sql)?;
-    let q: Value = owned(query)?;
+    let q: Value = owned(query).map_err(|e| {
+        sql_error(format!(
+            "phenix_retrieve: query: {}",
+            e.to_string().trim_start_matches("phenix: ")
+        ))
+    })?;
     let rows = stmt
         .query_map(rusqlite::params![q, k as i64], |r| {
             Ok((r.get(0)?, r.get(1)?))

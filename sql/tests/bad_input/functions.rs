@@ -298,6 +298,20 @@ fn invalid_utf8_in_table_constraints_names_the_table() {
     );
 }
 
+/// A query vector given as text that is not UTF-8: the message names phenix_retrieve and says what
+/// was expected (it used to be a bare "invalid value", found by the property test above).
+#[test]
+fn invalid_utf8_query_of_phenix_retrieve_names_the_function() {
+    let c = arg_fixture();
+    let sql = "SELECT * FROM phenix_retrieve('t', CAST(x'ff80' AS TEXT), 1)";
+    let msg = expect_err(one(&c, sql), sql);
+    assert!(
+        msg.contains("phenix_retrieve: query") && msg.contains("UTF-8"),
+        "{sql}: {msg}"
+    );
+    assert_no_panics();
+}
+
 #[test]
 fn huge_k_returns_every_qualifying_row_without_allocating_for_k() {
     let c = mem();
