@@ -19,7 +19,7 @@
 
 mod common;
 use common::*;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -283,32 +283,7 @@ fn compare(c: &Connection, p: &str, rng: &mut Rng) -> Result<(), String> {
                 "SELECT rowid, distance FROM {p}t WHERE v MATCH ?1 AND k = ?2 AND ?3 IS NOT NULL"
             )
         };
-        let got: Vec<(i64, f64)> = c
-            .prepare(&sql)
-            .map_err(|e| e.to_string())?
-            .query_map(params![vjson(&q), k as i64, tag], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| e.to_string())?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(|e| format!("KNN: {e}"))?;
-        let mut exp: Vec<(i64, i64)> = want
-            .iter()
-            .filter(|(_, (_, t))| !filtered || *t == tag)
-            .map(|(id, (v, _))| (*id, (0..3).map(|i| (v[i] - q[i]).pow(2)).sum::<i64>()))
-            .collect();
-        exp.sort_by_key(|&(id, d2)| (d2, id));
-        exp.truncate(k);
-        let ok = got.len() == exp.len()
-            && got
-                .iter()
-                .zip(&exp)
-                .all(|(g, e)| g.0 == e.0 && (g.1 - (e.1 as f64).sqrt()).abs() < 1e-4);
-        if !ok {
-            return Err(format!(
-                "KNN (k = {k}, q = {q:?}, tag filter {filtered}) returned {got:?}, brute force {exp:?}"
-            ));
-        }
+        check_int_knn(c, &sql, &want, &q, k, &tag, filtered)?;
     }
     Ok(())
 }

@@ -123,3 +123,52 @@ pub fn sidecar_files(db: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Runs the KNN statement `sql` (`?1` the query as JSON, `?2` k, `?3` the tag) and compares its rows
+/// with an exact integer brute force over `want` (rowid -> (vector, tag)), restricted to rows whose
+/// tag is `tag` when `filtered`. Integer vectors: equal squared distances give bit-equal float32
+/// distances, ranked by rowid as the brute force ranks them; distances must agree within 1e-4.
+pub fn check_int_knn<const N: usize, T: PartialEq + rusqlite::ToSql + std::fmt::Debug>(
+    c: &Connection,
+    sql: &str,
+    want: &std::collections::BTreeMap<i64, ([i64; N], T)>,
+    q: &[i64; N],
+    k: usize,
+    tag: &T,
+    filtered: bool,
+) -> Result<(), String> {
+    let qj = format!(
+        "[{}]",
+        q.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let got: Vec<(i64, f64)> = c
+        .prepare(sql)
+        .map_err(|e| e.to_string())?
+        .query_map(rusqlite::params![qj, k as i64, tag], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(|e| e.to_string())?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(|e| format!("KNN: {e}"))?;
+    let mut exp: Vec<(i64, i64)> = want
+        .iter()
+        .filter(|(_, (_, t))| !filtered || t == tag)
+        .map(|(id, (v, _))| (*id, (0..N).map(|i| (v[i] - q[i]).pow(2)).sum::<i64>()))
+        .collect();
+    exp.sort_by_key(|&(id, d2)| (d2, id));
+    exp.truncate(k);
+    let ok = got.len() == exp.len()
+        && got
+            .iter()
+            .zip(&exp)
+            .all(|(g, e)| g.0 == e.0 && (g.1 - (e.1 as f64).sqrt()).abs() < 1e-4);
+    if !ok {
+        return Err(format!(
+            "KNN (k = {k}, q = {q:?}, tag filter {filtered}) returned {got:?}, brute force {exp:?}"
+        ));
+    }
+    Ok(())
+}
